@@ -1,0 +1,333 @@
+//! OpenSSH `authorized_keys` text: which public keys may log in.
+//!
+//! Parsing is line by line so that every problem names its source and line.
+//! A bad line is skipped (and reported); it never stops the server.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use russh::keys::ssh_key::authorized_keys::Entry;
+use russh::keys::ssh_key::public::KeyData;
+use russh::keys::{Algorithm, HashAlg, PublicKey};
+
+/// Smallest RSA modulus accepted, in bits (OpenSSH's RequiredRSASize default is 1024; NIST says 2048).
+pub const MIN_RSA_BITS: u32 = 2048;
+
+/// Longest line accepted. A 16384-bit RSA key is about 2.8 KB of base64.
+const MAX_LINE_BYTES: usize = 32 * 1024;
+
+/// Where authorized_keys text came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    /// The `BASTION_AUTHORIZED_KEYS` environment variable.
+    Env,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Env => f.write_str(crate::cli::ENV_AUTHORIZED_KEYS_TEXT),
+        }
+    }
+}
+
+/// One key allowed to log in.
+#[derive(Debug, Clone)]
+pub struct AuthorizedKey {
+    pub key: PublicKey,
+    /// `SHA256:…`, the identity written to every audit event.
+    pub fingerprint: String,
+    pub comment: String,
+    pub source: Source,
+    pub line: usize,
+}
+
+impl AuthorizedKey {
+    /// Short type name for logs: `ssh-ed25519`, `ecdsa-sha2-nistp256`, `ssh-rsa`.
+    pub fn key_type(&self) -> String {
+        self.key.algorithm().to_string()
+    }
+}
+
+/// A line that was skipped, or a source that could not be read (`line` = None).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub source: Source,
+    pub line: Option<usize>,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(n) => write!(f, "{} line {}: {}", self.source, n, self.reason),
+            None => write!(f, "{}: {}", self.source, self.reason),
+        }
+    }
+}
+
+/// The keys that may log in, and what was wrong with the rest.
+#[derive(Debug, Default)]
+pub struct AuthorizedKeys {
+    keys: Vec<AuthorizedKey>,
+    /// Lines skipped; the keys on other lines still work.
+    pub skipped: Vec<Problem>,
+    /// Sources that could not be read at all.
+    pub unreadable: Vec<Problem>,
+}
+
+impl AuthorizedKeys {
+    /// Reads every file, then the environment text.
+    pub fn load(files: &[PathBuf], env_text: Option<&str>) -> Self {
+        let mut this = Self::default();
+        for path in files {
+            let source = Source::File(path.clone());
+            match std::fs::read(path) {
+                Ok(bytes) => this.add_text(source, &bytes),
+                Err(e) => this.unreadable.push(Problem {
+                    source,
+                    line: None,
+                    reason: format!("cannot read: {e}"),
+                }),
+            }
+        }
+        if let Some(text) = env_text {
+            this.add_text(Source::Env, text.as_bytes());
+        }
+        this
+    }
+
+    /// Parses one source's text and adds its keys.
+    pub fn add_text(&mut self, source: Source, bytes: &[u8]) {
+        for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+            let line = index + 1;
+            match parse_line(raw, index == 0) {
+                Ok(None) => {}
+                Ok(Some(key)) => {
+                    if let Some(first) = self.find(&key) {
+                        let reason =
+                            format!("duplicate of {} line {}; ignored", first.source, first.line);
+                        self.skipped.push(Problem {
+                            source: source.clone(),
+                            line: Some(line),
+                            reason,
+                        });
+                        continue;
+                    }
+                    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+                    let comment = key.comment().as_str_lossy().to_string();
+                    self.keys.push(AuthorizedKey {
+                        key,
+                        fingerprint,
+                        comment,
+                        source: source.clone(),
+                        line,
+                    });
+                }
+                Err(reason) => self.skipped.push(Problem {
+                    source: source.clone(),
+                    line: Some(line),
+                    reason,
+                }),
+            }
+        }
+    }
+
+    /// The entry for this key, compared by key material (never by comment).
+    pub fn find(&self, key: &PublicKey) -> Option<&AuthorizedKey> {
+        self.keys
+            .iter()
+            .find(|k| k.key.key_data() == key.key_data())
+    }
+
+    pub fn keys(&self) -> &[AuthorizedKey] {
+        &self.keys
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// One line: `Ok(None)` for blanks and comments, `Err(reason)` for anything unusable.
+fn parse_line(raw: &[u8], first: bool) -> Result<Option<PublicKey>, String> {
+    if raw.len() > MAX_LINE_BYTES {
+        return Err(format!(
+            "line is {} bytes, longer than the {MAX_LINE_BYTES} allowed",
+            raw.len()
+        ));
+    }
+    let text = std::str::from_utf8(raw).map_err(|_| "not valid UTF-8 text".to_string())?;
+    let text = if first {
+        text.trim_start_matches('\u{feff}')
+    } else {
+        text
+    };
+    let text = text.trim();
+    if text.is_empty() || text.starts_with('#') {
+        return Ok(None);
+    }
+    let entry: Entry = text.parse().map_err(|e| {
+        format!(
+            "not an authorized_keys line ({e}); expected `[options] key-type base64-key [comment]`"
+        )
+    })?;
+    if !entry.config_opts().is_empty() {
+        // Options (restrict, permitopen=, from=, …) restrict a key. Until they
+        // are enforced, a line that carries them is refused rather than
+        // accepted with its restrictions silently ignored.
+        return Err(format!(
+            "key options are not supported yet (`{}`); line skipped so that no restriction is silently ignored",
+            entry.config_opts().as_str()
+        ));
+    }
+    let key = entry.public_key().clone();
+    check_key_type(&key)?;
+    Ok(Some(key))
+}
+
+/// Accepts Ed25519, ECDSA (P-256/384/521) and RSA of at least [`MIN_RSA_BITS`].
+pub fn check_key_type(key: &PublicKey) -> Result<(), String> {
+    match key.key_data() {
+        KeyData::Ed25519(_) | KeyData::Ecdsa(_) => Ok(()),
+        KeyData::Rsa(rsa) if rsa.key_size() >= MIN_RSA_BITS => Ok(()),
+        KeyData::Rsa(rsa) => Err(format!(
+            "RSA key of {} bits is too small; at least {MIN_RSA_BITS} bits are required",
+            rsa.key_size()
+        )),
+        KeyData::Dsa(_) => Err("DSA keys are not accepted (broken, removed from OpenSSH)".into()),
+        KeyData::Certificate(_) => Err("certificates do not belong in authorized_keys; \
+                                       list the CA with cert-authority instead (not supported yet)"
+            .into()),
+        other => Err(format!(
+            "{} keys are not supported; use ssh-ed25519, ecdsa-sha2-nistp256/384/521 or RSA >= {MIN_RSA_BITS} bits",
+            other.algorithm()
+        )),
+    }
+}
+
+/// Signature algorithms accepted for a user key: refuses `ssh-rsa` (SHA-1).
+pub fn check_signature_algorithm(algorithm: &Algorithm) -> Result<(), String> {
+    match algorithm {
+        Algorithm::Rsa { hash: None } => Err("ssh-rsa (SHA-1) signatures are refused; \
+                                              the client must sign with rsa-sha2-256 or rsa-sha2-512"
+            .into()),
+        Algorithm::Ed25519 | Algorithm::Ecdsa { .. } | Algorithm::Rsa { hash: Some(_) } => Ok(()),
+        other => Err(format!("signature algorithm {other} is not accepted")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMouBJPrRxxk89otV9qDvWqJZIuTKXmkT0BnxZbMGWgy alice@laptop";
+    const ED2: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBLNjqFsyl02Py/OK5ObyQ9dPhMKGctzBO+L2/xyVsEX";
+
+    fn parse(text: &str) -> AuthorizedKeys {
+        let mut k = AuthorizedKeys::default();
+        k.add_text(Source::Env, text.as_bytes());
+        k
+    }
+
+    #[test]
+    fn reads_keys_and_skips_comments_blanks_bom_and_crlf() {
+        let k = parse(&format!("\u{feff}# team\r\n\r\n{ED}\r\n   {ED2}  \n"));
+        assert_eq!(k.len(), 2, "{:?}", k.skipped);
+        assert!(k.skipped.is_empty());
+        assert_eq!(k.keys()[0].comment, "alice@laptop");
+        assert_eq!(k.keys()[0].line, 3);
+        assert!(k.keys()[0].fingerprint.starts_with("SHA256:"));
+    }
+
+    #[test]
+    fn bad_lines_are_skipped_with_source_line_and_reason() {
+        let k = parse(&format!(
+            "{ED}\nnot a key\n\u{0}\u{1}\nssh-ed25519 AAAA!!!\n{ED}\n"
+        ));
+        assert_eq!(k.len(), 1);
+        let lines: Vec<_> = k.skipped.iter().map(|p| p.line.unwrap()).collect();
+        assert_eq!(lines, vec![2, 3, 4, 5]);
+        let shown = k.skipped[0].to_string();
+        assert!(
+            shown.starts_with("BASTION_AUTHORIZED_KEYS line 2: not an authorized_keys line"),
+            "{shown}"
+        );
+        assert!(
+            k.skipped[3]
+                .reason
+                .contains("duplicate of BASTION_AUTHORIZED_KEYS line 1")
+        );
+    }
+
+    #[test]
+    fn non_utf8_and_huge_lines_are_refused() {
+        let mut k = AuthorizedKeys::default();
+        let mut bytes = b"\xff\xfe garbage\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'A', MAX_LINE_BYTES + 1));
+        k.add_text(Source::Env, &bytes);
+        assert_eq!(k.skipped.len(), 2);
+        assert!(k.skipped[0].reason.contains("UTF-8"));
+        assert!(k.skipped[1].reason.contains("longer than"));
+    }
+
+    #[test]
+    fn options_are_refused_until_enforced() {
+        let k = parse(&format!("restrict,permitopen=\"db:5432\" {ED}"));
+        assert!(k.is_empty());
+        assert!(
+            k.skipped[0].reason.contains("not supported yet"),
+            "{}",
+            k.skipped[0].reason
+        );
+    }
+
+    #[test]
+    fn small_rsa_keys_are_refused() {
+        // 1024-bit RSA key.
+        let rsa1024 = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDUIG9lERphchKK97dCU8ew5ZDS+AR293mVO+mCMkvXlQgHjbWRT0StJgozIvHhW/C/UUPJMFyVyGjd0DwWEYqdLvMSIP02mkjGwZrewtEJlZf5NLipzd+rq3GRTU4pg1AD84w0lP8bqelo4BrbJ9Xj+98PRWbAnl7Ln9txRC0e7w== small";
+        let k = parse(rsa1024);
+        assert!(k.is_empty());
+        assert!(
+            k.skipped[0].reason.contains("1024 bits is too small"),
+            "{}",
+            k.skipped[0].reason
+        );
+    }
+
+    #[test]
+    fn unreadable_file_is_reported() {
+        let k = AuthorizedKeys::load(&[PathBuf::from("/nonexistent/authorized_keys")], None);
+        assert_eq!(k.unreadable.len(), 1);
+        assert!(
+            k.unreadable[0]
+                .to_string()
+                .starts_with("/nonexistent/authorized_keys: cannot read")
+        );
+    }
+
+    #[test]
+    fn sha1_rsa_signatures_are_refused() {
+        assert!(check_signature_algorithm(&Algorithm::Rsa { hash: None }).is_err());
+        assert!(
+            check_signature_algorithm(&Algorithm::Rsa {
+                hash: Some(HashAlg::Sha256)
+            })
+            .is_ok()
+        );
+        assert!(
+            check_signature_algorithm(&Algorithm::Rsa {
+                hash: Some(HashAlg::Sha512)
+            })
+            .is_ok()
+        );
+        assert!(check_signature_algorithm(&Algorithm::Ed25519).is_ok());
+    }
+}

@@ -1,0 +1,65 @@
+//! `bastion-sshd check-config`: load what the server would, say what was
+//! found, list every problem, and fail if there is any.
+
+use crate::cli::ServerArgs;
+use crate::config::{Listen, Loaded};
+
+/// Prints the report to stdout; returns whether the configuration is clean.
+pub fn run(args: &ServerArgs) -> bool {
+    let loaded = Loaded::load(args);
+    let mut problems: Vec<String> = loaded.fatal_errors();
+    problems.extend(
+        loaded
+            .authorized_keys
+            .skipped
+            .iter()
+            .map(|p| format!("authorized keys {p} (line skipped)")),
+    );
+
+    match &loaded.listen {
+        Listen::Default => println!("listen: [::]:22 (default; 0.0.0.0:22 where IPv6 is off)"),
+        Listen::Explicit(addrs) => {
+            for addr in addrs {
+                println!("listen: {addr}");
+            }
+        }
+    }
+    if loaded.host_keys.is_empty() && loaded.host_key_errors.is_empty() {
+        println!(
+            "host key: none configured; an ephemeral key would be generated at every start (clients will warn)"
+        );
+    }
+    for key in &loaded.host_keys {
+        println!("host key: {} from {}", key.describe(), key.source);
+        println!("  known_hosts: {} {}", args.name, key.public_openssh());
+    }
+    println!("authorized keys: {}", loaded.authorized_keys.len());
+    for key in loaded.authorized_keys.keys() {
+        println!(
+            "  {} {} {} ({} line {})",
+            key.fingerprint,
+            key.key_type(),
+            key.comment,
+            key.source,
+            key.line
+        );
+    }
+    println!(
+        "connect timeout: {}",
+        humantime::format_duration(args.connect_timeout)
+    );
+    println!(
+        "login grace time: {}",
+        humantime::format_duration(args.login_grace_time)
+    );
+    if problems.is_empty() {
+        println!("OK: no problems found");
+        true
+    } else {
+        println!("{} problem(s):", problems.len());
+        for p in &problems {
+            println!("  {p}");
+        }
+        false
+    }
+}

@@ -1,0 +1,204 @@
+//! Command line: every flag also reads an environment variable, so that an
+//! ECS task definition can configure the server without a shell.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Environment variable holding authorized_keys *text* (how ECS injects a secret).
+pub const ENV_AUTHORIZED_KEYS_TEXT: &str = "BASTION_AUTHORIZED_KEYS";
+/// Environment variable holding an OpenSSH private host key *text*.
+pub const ENV_HOST_KEY_TEXT: &str = "BASTION_HOST_KEY";
+
+const AFTER_HELP: &str = "\
+Secrets as environment text (for ECS `secrets`):
+  BASTION_AUTHORIZED_KEYS  authorized_keys text, in addition to --authorized-keys files
+  BASTION_HOST_KEY         an OpenSSH private host key, in addition to --host-key files
+They are read from the environment only, never from the command line, where
+other processes could read them.
+
+Only public-key authentication and direct-tcpip channels (ssh -L, -D, -J) are
+served. Shells, commands, sftp/scp, agent, X11 and remote forwarding are refused.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bastion-sshd",
+    version,
+    about = "Tunnel-only SSH bastion: public-key auth, port forwarding (ssh -L/-D/-J), nothing else",
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// `bastion-sshd` with no subcommand is `bastion-sshd run`.
+    #[command(flatten)]
+    pub run: ServerArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    #[command(after_help = AFTER_HELP)]
+    Run {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Write a new Ed25519 host key in OpenSSH format and print its public key and fingerprint.
+    Keygen(KeygenArgs),
+    /// Load everything the server would, print what was found and every problem; exit 1 on any problem.
+    #[command(after_help = AFTER_HELP)]
+    CheckConfig {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Connect to the server and read its SSH banner: exit 0 if it answers, 1 otherwise.
+    /// Meant for container health checks in an image without a shell.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServerArgs {
+    /// Address to listen on (repeatable, or comma separated in the env var).
+    /// Default: [::]:22, dual-stack (IPv6 and IPv4); falls back to 0.0.0.0:22 where IPv6 is off.
+    #[arg(
+        long = "listen",
+        value_name = "ADDR",
+        env = "BASTION_LISTEN",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<SocketAddr>,
+
+    /// OpenSSH private host key file (repeatable, or comma separated in the env var).
+    /// Ed25519 or ECDSA. Without any host key an ephemeral Ed25519 key is generated at
+    /// every start, and clients see a new host key each time.
+    #[arg(
+        long = "host-key",
+        value_name = "PATH",
+        env = "BASTION_HOST_KEY_FILE",
+        value_delimiter = ','
+    )]
+    pub host_keys: Vec<PathBuf>,
+
+    /// OpenSSH authorized_keys file (repeatable, or comma separated in the env var).
+    /// Any user name is accepted for a listed key; the name is logged, not trusted.
+    #[arg(
+        long = "authorized-keys",
+        value_name = "PATH",
+        env = "BASTION_AUTHORIZED_KEYS_FILE",
+        value_delimiter = ','
+    )]
+    pub authorized_keys: Vec<PathBuf>,
+
+    /// How long to wait for a tunnel target to resolve and accept the TCP connection.
+    #[arg(long, value_name = "DURATION", env = "BASTION_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// A client that has not authenticated within this time is disconnected (OpenSSH LoginGraceTime).
+    #[arg(long, value_name = "DURATION", env = "BASTION_LOGIN_GRACE_TIME", default_value = "30s", value_parser = parse_duration)]
+    pub login_grace_time: Duration,
+
+    /// Send an SSH keepalive after this much silence from the client (OpenSSH ClientAliveInterval).
+    /// Keeps idle tunnels alive through NAT and load balancers (the NLB idle timeout is 350 s).
+    #[arg(long, value_name = "DURATION", env = "BASTION_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// Disconnect a client after this many unanswered keepalives (OpenSSH ClientAliveCountMax).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "BASTION_KEEPALIVE_MAX",
+        default_value_t = 3
+    )]
+    pub keepalive_max: usize,
+
+    /// Name shown to users in the session banner and used in the logged known_hosts line,
+    /// normally the DNS name users connect to.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "BASTION_NAME",
+        default_value = "bastion"
+    )]
+    pub name: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct LogArgs {
+    /// Log format. Default: text on a terminal, json otherwise (containers).
+    #[arg(long, value_enum, env = "BASTION_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Write the private key here (mode 0600) and the public key to PATH.pub.
+    /// Without it, the private key goes to stdout (to pipe into a secret store)
+    /// and the public key and fingerprint to stderr.
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Address of the server to check.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "BASTION_HEALTHCHECK_ADDR",
+        default_value = "127.0.0.1:22"
+    )]
+    pub addr: SocketAddr,
+
+    /// Give up after this long.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 10s, 500ms, 2m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_subcommand_means_run() {
+        let cli = Cli::try_parse_from(["bastion-sshd", "--listen", "127.0.0.1:2222"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.listen, vec!["127.0.0.1:2222".parse().unwrap()]);
+        assert_eq!(cli.run.connect_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn durations_accept_units() {
+        let cli =
+            Cli::try_parse_from(["bastion-sshd", "run", "--connect-timeout", "500ms"]).unwrap();
+        match cli.command {
+            Some(Command::Run { server, .. }) => {
+                assert_eq!(server.connect_timeout, Duration::from_millis(500))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["bastion-sshd", "--connect-timeout", "ten"]).is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! Everything the server loads at start, in one place, so that `run` and
+//! `check-config` load exactly the same things the same way.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::authorized_keys::AuthorizedKeys;
+use crate::cli::{ENV_AUTHORIZED_KEYS_TEXT, ENV_HOST_KEY_TEXT, ServerArgs};
+use crate::hostkey::{self, HostKey, HostKeyError, Source};
+
+/// Port used when no `--listen` is given.
+pub const DEFAULT_PORT: u16 = 22;
+
+/// What to listen on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// Nothing configured: `[::]:22` dual-stack, or `0.0.0.0:22` where IPv6 is off.
+    Default,
+    Explicit(Vec<SocketAddr>),
+}
+
+impl Listen {
+    pub fn default_dual_stack() -> SocketAddr {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, DEFAULT_PORT))
+    }
+
+    pub fn default_ipv4() -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT))
+    }
+}
+
+/// The loaded configuration and every problem found on the way.
+pub struct Loaded {
+    pub listen: Listen,
+    /// Configured host keys (empty if none were configured or one was bad).
+    pub host_keys: Vec<HostKey>,
+    pub host_key_errors: Vec<HostKeyError>,
+    pub authorized_keys: AuthorizedKeys,
+}
+
+impl Loaded {
+    pub fn load(args: &ServerArgs) -> Self {
+        let env_host_key = non_empty_env(ENV_HOST_KEY_TEXT);
+        let env_keys = non_empty_env(ENV_AUTHORIZED_KEYS_TEXT);
+        let (host_keys, host_key_errors) =
+            match hostkey::load(&args.host_keys, env_host_key.as_deref()) {
+                Ok(keys) => (keys, Vec::new()),
+                Err(errors) => (Vec::new(), errors),
+            };
+        let authorized_keys = AuthorizedKeys::load(&args.authorized_keys, env_keys.as_deref());
+        let listen = if args.listen.is_empty() {
+            Listen::Default
+        } else {
+            Listen::Explicit(args.listen.clone())
+        };
+        Self {
+            listen,
+            host_keys,
+            host_key_errors,
+            authorized_keys,
+        }
+    }
+
+    /// Problems that stop the server from starting: a bad host key (the
+    /// server's identity would change), an unreadable source (a key that
+    /// should work would not), or no usable key at all (nobody could log in).
+    pub fn fatal_errors(&self) -> Vec<String> {
+        let mut errors: Vec<String> = self.host_key_errors.iter().map(|e| e.to_string()).collect();
+        errors.extend(
+            self.authorized_keys
+                .unreadable
+                .iter()
+                .map(|p| format!("authorized keys {p}")),
+        );
+        if self.authorized_keys.is_empty() {
+            errors.push(format!(
+                "no usable authorized key: give --authorized-keys PATH (or BASTION_AUTHORIZED_KEYS_FILE) \
+                 or the keys themselves in {ENV_AUTHORIZED_KEYS_TEXT}"
+            ));
+        }
+        errors
+    }
+
+    /// Host keys to serve with: the configured ones, or a new ephemeral key.
+    pub fn host_keys_or_ephemeral(&mut self) -> (Vec<HostKey>, bool) {
+        if self.host_keys.is_empty() {
+            (
+                vec![HostKey {
+                    key: hostkey::generate(),
+                    source: Source::Ephemeral,
+                }],
+                true,
+            )
+        } else {
+            (std::mem::take(&mut self.host_keys), false)
+        }
+    }
+}
+
+/// An environment variable's value, treating empty as unset (ECS writes empty strings).
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}

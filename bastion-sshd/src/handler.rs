@@ -1,0 +1,640 @@
+//! The russh glue: one [`ConnectionHandler`] per SSH connection. Each
+//! callback asks the domain modules (`auth`, `policy`, `session`, `tunnel`)
+//! what to do, answers russh, and writes the audit event. No decision is
+//! made here that is not also made (and unit-tested) in those modules.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use russh::keys::{Certificate, HashAlg};
+use russh::server::{
+    Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::auth::{self, Identity};
+use crate::authorized_keys::AuthorizedKeys;
+use crate::policy::{Decision, Policy, Target};
+use crate::{session, tunnel};
+
+/// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED: the client prints our reason after it.
+const OPEN_PROHIBITED: u32 = 1;
+/// SSH_OPEN_CONNECT_FAILED: the client prints "connect failed: <our reason>".
+const OPEN_CONNECT_FAILED: u32 = 2;
+/// SSH_EXTENDED_DATA_STDERR.
+const STDERR: u32 = 1;
+
+/// What every connection needs from the server, shared read-only.
+pub struct Shared {
+    /// Keys that may log in.
+    pub authorized_keys: AuthorizedKeys,
+    /// The one place that decides which targets a key may reach.
+    pub policy: Policy,
+    /// Deadline for resolving and connecting to a tunnel target.
+    pub connect_timeout: Duration,
+    /// Shown in the session banner so users know which bastion they are on.
+    pub name: String,
+}
+
+/// Facts about the TCP connection, fixed at accept time.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Short id carried by every log event of this connection.
+    pub id: String,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// State of a session channel (`ssh` without `-N`).
+#[derive(Debug, Default)]
+struct SessionChannel {
+    /// A pty was requested: the client's terminal is raw, so write `\r\n`.
+    pty: bool,
+}
+
+pub struct ConnectionHandler {
+    shared: Arc<Shared>,
+    conn: Connection,
+    /// Set once a key has been verified; every later event names it.
+    identity: Option<Identity>,
+    /// Tells the connection task that the login grace timer no longer applies.
+    authenticated: watch::Sender<bool>,
+    /// Open session channels; data on them is only checked for Ctrl-C / Ctrl-D.
+    sessions: HashMap<ChannelId, SessionChannel>,
+    /// Numbers tunnels within the connection for the logs.
+    tunnels_requested: u64,
+}
+
+impl ConnectionHandler {
+    pub fn new(shared: Arc<Shared>, conn: Connection, authenticated: watch::Sender<bool>) -> Self {
+        Self {
+            shared,
+            conn,
+            identity: None,
+            authenticated,
+            sessions: HashMap::new(),
+            tunnels_requested: 0,
+        }
+    }
+
+    fn user(&self) -> &str {
+        self.identity
+            .as_ref()
+            .map(|i| i.user.as_str())
+            .unwrap_or("")
+    }
+
+    fn fingerprint(&self) -> &str {
+        self.identity
+            .as_ref()
+            .map(|i| i.fingerprint.as_str())
+            .unwrap_or("")
+    }
+
+    /// Audit event for a refused request on an authenticated connection.
+    fn refuse_request(&self, request: &str, detail: &str) {
+        info!(
+            target: "audit",
+            event = "request.refused",
+            conn = %self.conn.id,
+            peer = %self.conn.peer,
+            user = %self.user(),
+            fingerprint = %self.fingerprint(),
+            request,
+            reason = detail,
+            "refused {request}: {detail}"
+        );
+    }
+
+    fn refuse_method(&self, user: &str, method: &str) {
+        info!(
+            target: "audit",
+            event = "auth.refused",
+            conn = %self.conn.id,
+            peer = %self.conn.peer,
+            user,
+            method,
+            reason = "only publickey authentication is accepted",
+            "auth refused: {method} for {user:?}"
+        );
+    }
+
+    /// Ends a session channel the way a finished remote command would.
+    fn finish_session(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+        status: u32,
+    ) -> Result<(), russh::Error> {
+        self.sessions.remove(&channel);
+        session.exit_status_request(channel, status)?;
+        session.eof(channel)?;
+        session.close(channel)
+    }
+
+    /// Refuses `exec` / `subsystem`: the request "succeeds" so that the client
+    /// shows our one-line reason and exits 1, instead of OpenSSH's generic
+    /// "exec request failed" and exit 255. Nothing is ever run.
+    fn refuse_command(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+        message: &str,
+    ) -> Result<(), russh::Error> {
+        session.channel_success(channel)?;
+        session.extended_data(channel, STDERR, message.as_bytes().to_vec())?;
+        self.finish_session(channel, session, session::REFUSED_EXIT_STATUS)
+    }
+
+    /// Refuses a channel type we never serve.
+    async fn refuse_channel(&self, kind: &str, reply: ChannelOpenHandle) {
+        self.refuse_request(
+            kind,
+            "only direct-tcpip (ssh -L/-D/-J) and session channels are served",
+        );
+        reply
+            .reject(ChannelOpenFailure::Other {
+                code: OPEN_PROHIBITED,
+                reason: format!("{kind} channels are not allowed on this bastion"),
+            })
+            .await;
+    }
+}
+
+fn lossy(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]);
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+impl Handler for ConnectionHandler {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(Auth::reject())
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        self.refuse_method(user, "password");
+        Ok(Auth::reject())
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        _response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        self.refuse_method(user, "keyboard-interactive");
+        Ok(Auth::reject())
+    }
+
+    /// The default accepts every offered key, which tells a prober which keys
+    /// exist and costs a signature check; answer only for listed keys.
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match auth::check(
+            &self.shared.authorized_keys,
+            user,
+            offer.public_key,
+            offer.algorithm,
+        ) {
+            Ok(_) => Ok(Auth::Accept),
+            Err(refusal) => {
+                info!(
+                    target: "audit",
+                    event = "auth.refused",
+                    conn = %self.conn.id,
+                    peer = %self.conn.peer,
+                    user,
+                    method = "publickey",
+                    algorithm = %offer.algorithm,
+                    fingerprint = %refusal.fingerprint,
+                    comment = %offer.public_key.comment().as_str_lossy(),
+                    reason = %refusal.reason,
+                    "auth refused: {} {} for {user:?}: {}", offer.algorithm, refusal.fingerprint, refusal.reason
+                );
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match auth::check(
+            &self.shared.authorized_keys,
+            user,
+            key.public_key,
+            key.algorithm,
+        ) {
+            Ok(identity) => {
+                info!(
+                    target: "audit",
+                    event = "auth.accepted",
+                    conn = %self.conn.id,
+                    peer = %self.conn.peer,
+                    user,
+                    method = "publickey",
+                    algorithm = %identity.algorithm,
+                    fingerprint = %identity.fingerprint,
+                    comment = %identity.comment,
+                    listed_at = %identity.listed_at,
+                    "auth accepted: {} {} ({}) for {user:?}", identity.algorithm, identity.fingerprint, identity.comment
+                );
+                self.identity = Some(identity);
+                Ok(Auth::Accept)
+            }
+            Err(refusal) => {
+                warn!(
+                    target: "audit",
+                    event = "auth.refused",
+                    conn = %self.conn.id,
+                    peer = %self.conn.peer,
+                    user,
+                    method = "publickey",
+                    fingerprint = %refusal.fingerprint,
+                    reason = %refusal.reason,
+                    "auth refused after signature check: {}", refusal.reason
+                );
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        info!(
+            target: "audit",
+            event = "auth.refused",
+            conn = %self.conn.id,
+            peer = %self.conn.peer,
+            user,
+            method = "publickey",
+            fingerprint = %certificate.public_key().fingerprint(HashAlg::Sha256),
+            reason = "user certificates are not accepted yet",
+            "auth refused: certificate for {user:?}"
+        );
+        Ok(Auth::reject())
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        let _ = self.authenticated.send(true);
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let id = channel.id();
+        // Requests on this channel reach the callbacks below; its data reaches
+        // `data`. Dropping the Channel object means russh does not queue the
+        // same messages for a reader that nobody runs.
+        drop(channel);
+        self.sessions.insert(id, SessionChannel::default());
+        reply.accept().await;
+        debug!(conn = %self.conn.id, channel = id.number(), "session channel opened");
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.sessions.get_mut(&channel) {
+            Some(state) => {
+                state.pty = true;
+                session.channel_success(channel)
+            }
+            None => session.channel_failure(channel),
+        }
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(state) = self.sessions.get(&channel) else {
+            return session.channel_failure(channel);
+        };
+        let banner = session::banner(&self.shared.name, &self.conn.local.to_string(), state.pty);
+        session.channel_success(channel)?;
+        session.data(channel, banner.into_bytes())?;
+        info!(
+            target: "audit",
+            event = "session.shell",
+            conn = %self.conn.id,
+            user = %self.user(),
+            fingerprint = %self.fingerprint(),
+            "shell requested: banner shown, nothing run"
+        );
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request("exec", &format!("command {:?} not run", lossy(data, 200)));
+        self.refuse_command(channel, session, session::exec_refused())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request(
+            "subsystem",
+            &format!("subsystem {:?} not available", lossy(name.as_bytes(), 100)),
+        );
+        self.refuse_command(
+            channel,
+            session,
+            &session::subsystem_refused(&lossy(name.as_bytes(), 100)),
+        )
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        debug!(conn = %self.conn.id, variable = %lossy(variable_name.as_bytes(), 100), "env request refused");
+        session.channel_failure(channel)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request("x11-req", "X11 forwarding is not allowed");
+        session.channel_failure(channel)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_request("auth-agent-req", "agent forwarding is not allowed");
+        Ok(false)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_request(
+            "tcpip-forward",
+            &format!(
+                "remote forwarding (ssh -R {}:{port}) is not allowed",
+                lossy(address.as_bytes(), 100)
+            ),
+        );
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_request(
+            "streamlocal-forward",
+            &format!(
+                "remote socket forwarding ({}) is not allowed",
+                lossy(socket_path.as_bytes(), 100)
+            ),
+        );
+        Ok(false)
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel("x11", reply).await;
+        Ok(())
+    }
+
+    async fn channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel("forwarded-tcpip", reply).await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel("direct-streamlocal", reply).await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.tunnels_requested += 1;
+        let tunnel = format!("{}.{}", self.conn.id, self.tunnels_requested);
+        let originator = format!(
+            "{}:{originator_port}",
+            lossy(originator_address.as_bytes(), 64)
+        );
+        let Some(identity) = self.identity.clone() else {
+            // russh only opens channels after authentication; be explicit anyway.
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let refuse = |target: &str, reason: &str| {
+            info!(
+                target: "audit",
+                event = "tunnel.refused",
+                conn = %self.conn.id,
+                tunnel = %tunnel,
+                peer = %self.conn.peer,
+                user = %identity.user,
+                fingerprint = %identity.fingerprint,
+                originator = %originator,
+                target,
+                reason,
+                "tunnel {tunnel} to {target} refused: {reason}"
+            );
+        };
+        let target = match Target::parse(host_to_connect, port_to_connect) {
+            Ok(target) => target,
+            Err(reason) => {
+                let shown = format!(
+                    "{}:{port_to_connect}",
+                    lossy(host_to_connect.as_bytes(), 300)
+                );
+                refuse(&shown, &reason);
+                reply
+                    .reject(ChannelOpenFailure::Other {
+                        code: OPEN_PROHIBITED,
+                        reason,
+                    })
+                    .await;
+                return Ok(());
+            }
+        };
+        if let Decision::Deny(reason) = self.shared.policy.decide(&identity, &target) {
+            refuse(&target.to_string(), &reason);
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: OPEN_PROHIBITED,
+                    reason,
+                })
+                .await;
+            return Ok(());
+        }
+        // Resolving and connecting can take up to the connect timeout: never
+        // inside this callback, which would stall every channel of the connection.
+        let timeout = self.shared.connect_timeout;
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (stream, resolved) = match tunnel::connect(&target, timeout).await {
+                Ok(connected) => connected,
+                Err(reason) => {
+                    info!(
+                        target: "audit",
+                        event = "tunnel.failed",
+                        conn = %conn.id,
+                        tunnel = %tunnel,
+                        peer = %conn.peer,
+                        user = %identity.user,
+                        fingerprint = %identity.fingerprint,
+                        originator = %originator,
+                        target = %target,
+                        reason = %reason,
+                        "tunnel {tunnel} to {target} failed: {reason}"
+                    );
+                    reply
+                        .reject(ChannelOpenFailure::Other {
+                            code: OPEN_CONNECT_FAILED,
+                            reason,
+                        })
+                        .await;
+                    return;
+                }
+            };
+            reply.accept().await;
+            info!(
+                target: "audit",
+                event = "tunnel.opened",
+                conn = %conn.id,
+                tunnel = %tunnel,
+                peer = %conn.peer,
+                user = %identity.user,
+                fingerprint = %identity.fingerprint,
+                originator = %originator,
+                target = %target,
+                resolved = %resolved,
+                "tunnel {tunnel} opened to {target} ({resolved})"
+            );
+            let (transfer, error) = tunnel::relay(channel.into_stream(), stream).await;
+            info!(
+                target: "audit",
+                event = "tunnel.closed",
+                conn = %conn.id,
+                tunnel = %tunnel,
+                peer = %conn.peer,
+                user = %identity.user,
+                fingerprint = %identity.fingerprint,
+                originator = %originator,
+                target = %target,
+                resolved = %resolved,
+                bytes_up = transfer.up,
+                bytes_down = transfer.down,
+                duration_ms = started.elapsed().as_millis() as u64,
+                error = error.map(|e| e.to_string()),
+                "tunnel {tunnel} to {target} closed: {} bytes up, {} bytes down", transfer.up, transfer.down
+            );
+        });
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.sessions.contains_key(&channel) && session::wants_close(data) {
+            info!(target: "audit", event = "session.closed", conn = %self.conn.id, user = %self.user(), "session closed by Ctrl-C/Ctrl-D");
+            self.finish_session(channel, session, 0)?;
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.sessions.remove(&channel);
+        Ok(())
+    }
+}

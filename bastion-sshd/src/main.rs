@@ -1,0 +1,79 @@
+//! bastion-sshd: a tunnel-only SSH server for a bastion in a public subnet.
+//! Public-key authentication and direct-tcpip channels; nothing else.
+
+mod auth;
+mod authorized_keys;
+mod check_config;
+mod cli;
+mod config;
+mod handler;
+mod healthcheck;
+mod hostkey;
+mod keygen;
+mod logging;
+mod policy;
+mod server;
+mod session;
+mod tunnel;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.run, cli.log.log_format),
+        Some(Command::Run { server }) => serve(server, cli.log.log_format),
+        Some(Command::Keygen(args)) => match keygen::run(args.out.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bastion-sshd keygen: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::CheckConfig { server }) => {
+            if check_config::run(&server) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Some(Command::Healthcheck(args)) => match healthcheck::check(args.addr, args.timeout) {
+            Ok(banner) => {
+                println!("ok: {banner}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn serve(args: cli::ServerArgs, log_format: Option<cli::LogFormat>) -> ExitCode {
+    logging::init(log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(
+                event = "server.error",
+                "cannot start the async runtime: {e}"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(event = "server.error", "{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

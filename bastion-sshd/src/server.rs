@@ -1,0 +1,431 @@
+//! Listening sockets, the accept loop, one task per connection, and
+//! graceful shutdown. Our own loop around `russh::server::run_stream` (not
+//! russh's `run_on_socket`) so that per-connection deadlines and limits live
+//! here, before russh sees a byte.
+
+use std::borrow::Cow;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use russh::keys::Algorithm;
+use russh::server::Config;
+use russh::{Disconnect, MethodKind, MethodSet, Preferred, SshId, cipher, kex, mac};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::cli::ServerArgs;
+use crate::config::{Listen, Loaded};
+use crate::handler::{Connection, ConnectionHandler, Shared};
+use crate::hostkey::HostKey;
+use crate::policy::Policy;
+
+/// The identification string. It names the product, not the SSH library or
+/// its version, so that scanners learn nothing to match against advisories.
+const SERVER_ID: &str = "SSH-2.0-bastion";
+
+/// How long connections get to finish after SIGTERM before the process exits.
+/// Below ECS's default 30 s stopTimeout.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Key exchange: post-quantum hybrid first, then curve25519. No finite-field
+/// DH (slow, DHEat) and no NIST ECDH.
+const KEX: &[kex::Name] = &[
+    kex::MLKEM768X25519_SHA256,
+    kex::CURVE25519,
+    kex::CURVE25519_PRE_RFC_8731,
+    kex::EXTENSION_SUPPORT_AS_SERVER,
+    kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+];
+
+/// AEAD ciphers first; CTR only with encrypt-then-MAC below.
+const CIPHERS: &[cipher::Name] = &[
+    cipher::CHACHA20_POLY1305,
+    cipher::AES_256_GCM,
+    cipher::AES_128_GCM,
+    cipher::AES_256_CTR,
+    cipher::AES_128_CTR,
+];
+
+/// Encrypt-then-MAC only.
+const MACS: &[mac::Name] = &[mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM];
+
+/// Host and user key algorithms, also sent as `server-sig-algs`: no `ssh-rsa` (SHA-1).
+const KEY_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::Ed25519,
+    Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP256,
+    },
+    Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP384,
+    },
+    Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP521,
+    },
+    Algorithm::Rsa {
+        hash: Some(russh::keys::HashAlg::Sha512),
+    },
+    Algorithm::Rsa {
+        hash: Some(russh::keys::HashAlg::Sha256),
+    },
+];
+
+/// Per-connection settings that are not part of russh's config.
+struct Limits {
+    /// Unauthenticated connections are dropped after this (LoginGraceTime).
+    login_grace_time: Duration,
+}
+
+/// Builds the russh configuration: public key only, hardened algorithms.
+fn russh_config(args: &ServerArgs, host_keys: &[HostKey]) -> Config {
+    Config {
+        server_id: SshId::Standard(Cow::Borrowed(SERVER_ID)),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_secs(1),
+        // OpenSSH clients start with a "none" probe to learn the methods; answer it at once.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: host_keys.iter().map(|k| k.key.clone()).collect(),
+        max_auth_attempts: 6,
+        // Idle tunnels must live: liveness is checked with keepalives instead,
+        // and the login grace timer covers unauthenticated connections.
+        inactivity_timeout: None,
+        keepalive_interval: Some(args.keepalive_interval),
+        keepalive_max: args.keepalive_max,
+        nodelay: true,
+        preferred: Preferred {
+            kex: Cow::Borrowed(KEX),
+            key: Cow::Borrowed(KEY_ALGORITHMS),
+            cipher: Cow::Borrowed(CIPHERS),
+            mac: Cow::Borrowed(MACS),
+            ..Preferred::DEFAULT
+        },
+        ..Config::default()
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let mut loaded = Loaded::load(&args);
+    for problem in &loaded.authorized_keys.skipped {
+        warn!(event = "config.problem", source = %problem.source, line = problem.line, reason = %problem.reason,
+            "authorized keys {problem} (line skipped)");
+    }
+    let fatal = loaded.fatal_errors();
+    if !fatal.is_empty() {
+        for e in &fatal {
+            error!(event = "config.error", "{e}");
+        }
+        anyhow::bail!(
+            "configuration has {} error(s); run `bastion-sshd check-config` for details",
+            fatal.len()
+        );
+    }
+    let (host_keys, ephemeral) = loaded.host_keys_or_ephemeral();
+    if ephemeral {
+        warn!(
+            event = "hostkey.ephemeral",
+            "NO HOST KEY CONFIGURED: using a new ephemeral key. Clients will see a different host key at every \
+             start and warn about it. Create one with `bastion-sshd keygen --out FILE` and pass --host-key FILE \
+             (or its text in BASTION_HOST_KEY)"
+        );
+    }
+    for key in &host_keys {
+        info!(
+            event = "hostkey.loaded",
+            source = %key.source,
+            fingerprint = %key.describe(),
+            known_hosts = %format!("{} {}", args.name, key.public_openssh()),
+            "host key {} from {}", key.describe(), key.source
+        );
+    }
+    for key in loaded.authorized_keys.keys() {
+        info!(event = "authorized_key.loaded", fingerprint = %key.fingerprint, key_type = %key.key_type(),
+            comment = %key.comment, source = %key.source, line = key.line, "authorized key {} {}", key.fingerprint, key.comment);
+    }
+
+    let config = Arc::new(russh_config(&args, &host_keys));
+    let shared = Arc::new(Shared {
+        authorized_keys: std::mem::take(&mut loaded.authorized_keys),
+        policy: Policy::default(),
+        connect_timeout: args.connect_timeout,
+        name: args.name.clone(),
+    });
+    let limits = Arc::new(Limits {
+        login_grace_time: args.login_grace_time,
+    });
+
+    let listeners = bind_all(&loaded.listen)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Every task holds a clone; when all are dropped, `recv` returns None: everything has finished.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let ids = Arc::new(AtomicU64::new(0));
+    for listener in listeners {
+        let addr = listener.local_addr()?;
+        info!(event = "server.listening", addr = %addr, "listening on {addr}");
+        let accept = AcceptLoop {
+            listener,
+            config: config.clone(),
+            shared: shared.clone(),
+            limits: limits.clone(),
+            ids: ids.clone(),
+            shutdown: shutdown_rx.clone(),
+            done: done_tx.clone(),
+        };
+        tokio::spawn(accept.run());
+    }
+    drop(done_tx);
+
+    let signal = wait_for_signal().await?;
+    info!(
+        event = "server.stopping",
+        signal, "{signal} received: no new connections, closing the open ones"
+    );
+    let _ = shutdown_tx.send(true);
+    match tokio::time::timeout(SHUTDOWN_GRACE, done_rx.recv()).await {
+        Ok(_) => info!(event = "server.stopped", "all connections closed"),
+        Err(_) => warn!(
+            event = "server.stopped",
+            "connections still open after {SHUTDOWN_GRACE:?}; exiting anyway"
+        ),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Binds every listen address. The default is `[::]:22` accepting IPv6 and
+/// IPv4, or `0.0.0.0:22` on hosts (and containers) without IPv6.
+fn bind_all(listen: &Listen) -> anyhow::Result<Vec<TcpListener>> {
+    let sockets = match listen {
+        Listen::Default => match bind(Listen::default_dual_stack(), false) {
+            Ok(l) => vec![l],
+            Err(e) => {
+                warn!(
+                    event = "server.ipv6_unavailable",
+                    "cannot listen on [::]:22 ({e}); listening on IPv4 only"
+                );
+                vec![bind(Listen::default_ipv4(), false).context("listen on 0.0.0.0:22")?]
+            }
+        },
+        Listen::Explicit(addrs) => addrs
+            .iter()
+            .map(|addr| {
+                // `[::]:P` also takes IPv4, unless `0.0.0.0:P` is listed too.
+                let v6only = !addr.ip().is_unspecified()
+                    || addrs
+                        .iter()
+                        .any(|o| o.is_ipv4() && o.ip().is_unspecified() && o.port() == addr.port());
+                bind(*addr, v6only).with_context(|| format!("listen on {addr}"))
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    Ok(sockets)
+}
+
+fn bind(addr: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(v6only)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts connections on one listener until shutdown.
+struct AcceptLoop {
+    listener: TcpListener,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    limits: Arc<Limits>,
+    /// Source of connection ids, shared by all listeners.
+    ids: Arc<AtomicU64>,
+    shutdown: watch::Receiver<bool>,
+    /// Dropped when the loop ends; cloned into every connection task.
+    done: mpsc::Sender<()>,
+}
+
+impl AcceptLoop {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let accepted = tokio::select! {
+                _ = stopped(&mut self.shutdown) => return,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(10);
+                    let id = format!("c{}", self.ids.fetch_add(1, Ordering::Relaxed) + 1);
+                    let task = ConnectionTask {
+                        config: self.config.clone(),
+                        shared: self.shared.clone(),
+                        limits: self.limits.clone(),
+                        shutdown: self.shutdown.clone(),
+                        _done: self.done.clone(),
+                    };
+                    tokio::spawn(task.run(stream, peer, id));
+                }
+                Err(e) => {
+                    // Out of file descriptors or memory: wait instead of spinning,
+                    // longer each time, as mini-redis does.
+                    error!(event = "server.accept_error", error = %e, "accept failed: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// Serves one SSH connection from accept to close.
+struct ConnectionTask {
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    limits: Arc<Limits>,
+    shutdown: watch::Receiver<bool>,
+    /// Held until the connection is closed; shutdown waits for all of them.
+    _done: mpsc::Sender<()>,
+}
+
+impl ConnectionTask {
+    async fn run(mut self, stream: TcpStream, peer: SocketAddr, id: String) {
+        let started = Instant::now();
+        let local = stream.local_addr().unwrap_or(peer);
+        let _ = stream.set_nodelay(true);
+        info!(target: "audit", event = "connection.accepted", conn = %id, peer = %peer, local = %local, "connection {id} from {peer}");
+        let reason = self
+            .serve(
+                stream,
+                Connection {
+                    id: id.clone(),
+                    peer,
+                    local,
+                },
+            )
+            .await;
+        info!(
+            target: "audit",
+            event = "connection.closed",
+            conn = %id,
+            peer = %peer,
+            duration_ms = started.elapsed().as_millis() as u64,
+            reason = %reason,
+            "connection {id} from {peer} closed: {reason}"
+        );
+    }
+
+    /// Returns why the connection ended.
+    async fn serve(&mut self, stream: TcpStream, conn: Connection) -> String {
+        let deadline = Instant::now() + self.limits.login_grace_time;
+        let (authenticated_tx, authenticated) = watch::channel(false);
+        let handler = ConnectionHandler::new(self.shared.clone(), conn, authenticated_tx);
+
+        // The identification exchange happens inside run_stream; bound it by the grace time.
+        let started = tokio::select! {
+            r = tokio::time::timeout_at(deadline, russh::server::run_stream(self.config.clone(), stream, handler)) => r,
+            _ = stopped(&mut self.shutdown) => return "server shutting down".into(),
+        };
+        let session = match started {
+            Err(_) => return "no SSH identification within the login grace time".into(),
+            Ok(Err(e)) => return format!("handshake failed: {e}"),
+            Ok(Ok(session)) => session,
+        };
+        let handle = session.handle();
+        tokio::pin!(session);
+        let mut grace_over = false;
+        let mut stopping = false;
+        let mut reason = None;
+        loop {
+            tokio::select! {
+                result = &mut session => {
+                    return reason.unwrap_or_else(|| match result {
+                        Ok(()) => "client disconnected".into(),
+                        Err(e) => describe_session_error(&e),
+                    });
+                }
+                _ = tokio::time::sleep_until(deadline), if !grace_over => {
+                    grace_over = true;
+                    let authenticated = *authenticated.borrow();
+                    if !authenticated {
+                        reason = Some("not authenticated within the login grace time".to_string());
+                        let _ = handle
+                            .disconnect(Disconnect::ByApplication, "login grace time exceeded".into(), "en".into())
+                            .await;
+                    }
+                }
+                _ = stopped(&mut self.shutdown), if !stopping => {
+                    stopping = true;
+                    reason = Some("server shutting down".to_string());
+                    let _ = handle
+                        .disconnect(Disconnect::ByApplication, "bastion shutting down".into(), "en".into())
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once shutdown has been requested.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+fn describe_session_error(e: &russh::Error) -> String {
+    match e {
+        russh::Error::Disconnect => "client disconnected".into(),
+        russh::Error::HUP => "connection closed by peer".into(),
+        other => format!("{other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_id_does_not_reveal_the_library() {
+        assert!(!SERVER_ID.to_lowercase().contains("russh"));
+        let software = SERVER_ID.strip_prefix("SSH-2.0-").unwrap();
+        assert!(!software.chars().any(|c| c.is_ascii_digit()), "{software}");
+    }
+
+    #[test]
+    fn only_publickey_is_advertised_and_sha1_is_not_offered() {
+        let args = <crate::cli::Cli as clap::Parser>::try_parse_from(["bastion-sshd"])
+            .unwrap()
+            .run;
+        let config = russh_config(&args, &[]);
+        assert_eq!(&*config.methods, &[MethodKind::PublicKey]);
+        assert!(
+            !config
+                .preferred
+                .key
+                .contains(&Algorithm::Rsa { hash: None })
+        );
+        assert!(
+            config
+                .preferred
+                .compression
+                .iter()
+                .all(|c| c.as_ref() == "none")
+        );
+    }
+}

@@ -517,7 +517,7 @@ impl Handler for ConnectionHandler {
                 user = %identity.user,
                 fingerprint = %identity.fingerprint,
                 originator = %originator,
-                target,
+                destination = target,
                 reason,
                 "tunnel {tunnel} to {target} refused: {reason}"
             );
@@ -567,7 +567,7 @@ impl Handler for ConnectionHandler {
                         user = %identity.user,
                         fingerprint = %identity.fingerprint,
                         originator = %originator,
-                        target = %target,
+                        destination = %target,
                         reason = %reason,
                         "tunnel {tunnel} to {target} failed: {reason}"
                     );
@@ -590,7 +590,7 @@ impl Handler for ConnectionHandler {
                 user = %identity.user,
                 fingerprint = %identity.fingerprint,
                 originator = %originator,
-                target = %target,
+                destination = %target,
                 resolved = %resolved,
                 "tunnel {tunnel} opened to {target} ({resolved})"
             );
@@ -604,7 +604,7 @@ impl Handler for ConnectionHandler {
                 user = %identity.user,
                 fingerprint = %identity.fingerprint,
                 originator = %originator,
-                target = %target,
+                destination = %target,
                 resolved = %resolved,
                 bytes_up = transfer.up,
                 bytes_down = transfer.down,

@@ -54,7 +54,10 @@ mod tests {
         assert!(b.contains("Ctrl-C or Ctrl-D"));
         assert!(!b.contains('\r'));
         let raw = banner("b", "l", true);
-        assert!(raw.contains("\r\n") && !raw.replace("\r\n", "").contains('\n'), "{raw:?}");
+        assert!(
+            raw.contains("\r\n") && !raw.replace("\r\n", "").contains('\n'),
+            "{raw:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The project's one test command (see README.md, "Tests").
+#
+# On a fresh Debian machine it installs what the suites need (apt packages,
+# rustfmt/clippy), then runs: format check, clippy, the unit tests, and the
+# end-to-end suites against the real OpenSSH client and PostgreSQL.
+# Anything missing is an error: no test is ever skipped for lack of a tool.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+die() { printf 'tests/ci.sh: %s\n' "$*" >&2; exit 1; }
+
+# --- system packages -------------------------------------------------------
+# command -> Debian package that provides it
+declare -A TOOLS=(
+  [ssh]=openssh-client [ssh-keygen]=openssh-client [ssh-agent]=openssh-client [sftp]=openssh-client
+  [psql]=postgresql-client [kill]=procps [ss]=iproute2 [runuser]=util-linux [cc]=gcc
+)
+missing=()
+for tool in "${!TOOLS[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("${TOOLS[$tool]}")
+done
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+if ((${#missing[@]})); then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  say "installing: ${missing[*]}"
+  SUDO=()
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || die "need root or sudo to install: ${missing[*]}"
+    SUDO=(sudo)
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${SUDO[@]}" apt-get update -q
+  "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" ca-certificates
+fi
+for tool in "${!TOOLS[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool still missing after installing ${TOOLS[$tool]}"
+done
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || die "PostgreSQL server (initdb) still missing"
+if [[ $(id -u) -eq 0 ]]; then
+  id postgres >/dev/null 2>&1 || die "running as root but there is no postgres user (apt-get install postgresql creates it)"
+fi
+
+# --- Rust toolchain ---------------------------------------------------------
+command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  command -v rustup >/dev/null || die "rustfmt/clippy missing and no rustup to add them"
+  say "adding rustfmt and clippy"
+  rustup component add rustfmt clippy
+fi
+say "toolchain: $(rustc --version); $(ssh -V 2>&1); $(psql --version)"
+
+# --- checks -----------------------------------------------------------------
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "build bastion-sshd (the end-to-end suites run this binary)"
+cargo build -p bastion-sshd --locked
+
+say "tests"
+cargo test --workspace --locked
+
+say "all tests passed"

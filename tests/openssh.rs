@@ -1,0 +1,540 @@
+//! bastion-sshd driven by the real OpenSSH client (and psql), on loopback.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use bastion_tests::*;
+use tempfile::TempDir;
+
+const MIB: usize = 1024 * 1024;
+
+fn setup() -> (TempDir, ClientKey) {
+    require("ssh", "openssh-client");
+    require("ssh-keygen", "openssh-client");
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClientKey::generate(dir.path(), "alice", "ed25519", None);
+    (dir, key)
+}
+
+/// A host key file made by `bastion-sshd keygen`.
+fn host_key(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join(format!("host_key.{}", unique()));
+    let out = Command::new(bastion_bin())
+        .arg("keygen")
+        .arg("--out")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+fn server(dir: &TempDir, keys: &[&ClientKey]) -> Server {
+    ServerBuilder::new(dir.path())
+        .arg("--host-key")
+        .arg(host_key(dir.path()))
+        .authorize(keys)
+        .start()
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[test]
+fn local_forward_carries_16_mib_and_20_parallel_connections() {
+    let (dir, key) = setup();
+    let server = server(&dir, &[&key]);
+    let echo = EchoServer::start();
+    let (_ssh, ports) = server.tunnel(&key, &[("127.0.0.1", echo.addr.port())], &[]);
+
+    let data = pattern(16 * MIB, 1);
+    let back = echo_round_trip(local(ports[0]), &data);
+    assert_eq!(back.len(), data.len());
+    assert_eq!(
+        checksum(&back),
+        checksum(&data),
+        "16 MiB came back different"
+    );
+
+    // The audit log counts every byte, each way.
+    let closed = server.wait_event("tunnel.closed", |e| e["bytes_up"] == 16 * MIB as u64);
+    assert_eq!(closed["bytes_down"], 16 * MIB as u64);
+    assert_eq!(
+        closed["destination"],
+        format!("127.0.0.1:{}", echo.addr.port())
+    );
+    assert_eq!(closed["resolved"], echo.addr.to_string());
+    assert_eq!(closed["user"], "tunnel");
+    assert!(
+        closed["fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("SHA256:")
+    );
+    assert!(closed["duration_ms"].is_u64());
+
+    let workers: Vec<_> = (0..20)
+        .map(|i| {
+            let addr = local(ports[0]);
+            thread::spawn(move || {
+                let data = pattern(256 * 1024, 100 + i);
+                checksum(&echo_round_trip(addr, &data)) == checksum(&data)
+            })
+        })
+        .collect();
+    for (i, w) in workers.into_iter().enumerate() {
+        assert!(
+            w.join().unwrap(),
+            "parallel connection {i} came back different"
+        );
+    }
+}
+
+#[test]
+fn target_that_speaks_first_is_heard() {
+    let (dir, key) = setup();
+    let server = server(&dir, &[&key]);
+    let smtp = EchoServer::start_with_greeting(Some(b"220 mail.internal ESMTP ready\r\n"));
+    let (_ssh, ports) = server.tunnel(&key, &[("127.0.0.1", smtp.addr.port())], &[]);
+    let mut stream = connect_retry(local(ports[0]));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut greeting = [0u8; 31];
+    stream.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"220 mail.internal ESMTP ready\r\n");
+}
+
+#[test]
+fn psql_through_the_tunnel() {
+    let (dir, key) = setup();
+    require("psql", "postgresql-client");
+    let pg_dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(pg_dir.path());
+    let server = server(&dir, &[&key]);
+    let (_ssh, ports) = server.tunnel(&key, &[("127.0.0.1", pg.port)], &[]);
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &ports[0].to_string(),
+            "-U",
+            "app",
+            "-d",
+            "postgres",
+            "-Atc",
+        ])
+        .arg("select 1 + 1, current_user")
+        .env("PGCONNECT_TIMEOUT", "20")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2|app");
+}
+
+/// `ssh -L` without `-N`, stdin not a terminal: banner, tunnel works, session stays.
+#[test]
+fn session_without_dash_n_keeps_the_tunnel_open() {
+    let (dir, key) = setup();
+    let server = server(&dir, &[&key]);
+    let echo = EchoServer::start();
+    let port = free_port();
+    let mut cmd = server.ssh(&key);
+    cmd.args([
+        "-v",
+        "-L",
+        &format!("127.0.0.1:{port}:127.0.0.1:{}", echo.addr.port()),
+    ])
+    .arg(server.destination("dev"));
+    let mut ssh = Proc::spawn(cmd, Stdio::piped());
+    assert!(wait_forwards(&ssh, &[port]), "{}", ssh.stderr().text());
+    let banner = ssh
+        .stdout()
+        .wait_for(READY, |l| l.contains("only forwards ports"));
+    assert!(
+        banner.is_some(),
+        "no banner; stdout: {}\nstderr: {}",
+        ssh.stdout().text(),
+        ssh.stderr().text()
+    );
+    assert!(
+        ssh.stdout()
+            .wait_for(READY, |l| l.contains("Ctrl-C or Ctrl-D"))
+            .is_some()
+    );
+
+    // Input other than Ctrl-C/Ctrl-D is ignored; the tunnel keeps working.
+    ssh.child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"ls -la\n")
+        .unwrap();
+    let data = pattern(MIB, 7);
+    assert_eq!(
+        checksum(&echo_round_trip(local(port), &data)),
+        checksum(&data)
+    );
+    assert!(ssh.is_running(), "session closed on ordinary input");
+
+    // Closing stdin (EOF) does not end the session either: the tunnel is what matters.
+    drop(ssh.child.stdin.take());
+    assert_eq!(
+        checksum(&echo_round_trip(local(port), &data)),
+        checksum(&data)
+    );
+    assert!(ssh.is_running(), "session closed on stdin EOF");
+    server.wait_event("session.shell", |_| true);
+}
+
+/// `ssh -tt -L …`: a pty session with a banner in CRLF; Ctrl-D closes it, exit 0.
+#[test]
+fn pty_session_shows_banner_and_ctrl_d_closes_it() {
+    let (dir, key) = setup();
+    let server = server(&dir, &[&key]);
+    let echo = EchoServer::start();
+    let port = free_port();
+    let mut cmd = server.ssh(&key);
+    cmd.args([
+        "-v",
+        "-tt",
+        "-L",
+        &format!("127.0.0.1:{port}:127.0.0.1:{}", echo.addr.port()),
+    ])
+    .arg(server.destination("dev"));
+    let mut ssh = Proc::spawn(cmd, Stdio::piped());
+    assert!(wait_forwards(&ssh, &[port]), "{}", ssh.stderr().text());
+    assert!(
+        ssh.stdout()
+            .wait_for(READY, |l| l.contains("only forwards ports"))
+            .is_some(),
+        "{}",
+        ssh.stdout().text()
+    );
+    let data = pattern(MIB, 8);
+    assert_eq!(
+        checksum(&echo_round_trip(local(port), &data)),
+        checksum(&data)
+    );
+
+    ssh.child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(&[0x04])
+        .unwrap();
+    let status = ssh.wait_exit(READY).expect("ssh did not exit after Ctrl-D");
+    assert_eq!(status.code(), Some(0), "{}", ssh.stderr().text());
+    server.wait_event("session.closed", |_| true);
+}
+
+#[test]
+fn commands_and_subsystems_are_refused_with_a_message_and_exit_1() {
+    let (dir, key) = setup();
+    let server = server(&dir, &[&key]);
+
+    let out = server.ssh_output(&key, &[&server.destination("dev"), "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("commands are not run here; this bastion only forwards ports"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    let refused = server.wait_event("request.refused", |e| e["request"] == "exec");
+    assert!(refused["reason"].as_str().unwrap().contains("\"true\""));
+
+    let out = server.ssh_output(&key, &["-s", &server.destination("dev"), "sftp"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("subsystem \"sftp\" is not available"),
+        "{stderr}"
+    );
+    server.wait_event("request.refused", |e| e["request"] == "subsystem");
+
+    // The real sftp client fails too.
+    require("sftp", "openssh-client");
+    let out = Command::new("sftp")
+        .args([
+            "-F",
+            "/dev/null",
+            "-b",
+            "-",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            server.known_hosts.display()
+        ))
+        .arg("-i")
+        .arg(&key.private)
+        .args(["-P", &server.addr.port().to_string()])
+        .arg(server.destination("dev"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn remote_forwarding_and_agent_forwarding_are_refused() {
+    let (dir, key) = setup();
+    let server = server(&dir, &[&key]);
+
+    let out = server.ssh_output(
+        &key,
+        &["-N", "-R", "0:127.0.0.1:9", &server.destination("dev")],
+    );
+    assert_eq!(out.status.code(), Some(255));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("remote port forwarding failed"), "{stderr}");
+    server.wait_event("request.refused", |e| e["request"] == "tcpip-forward");
+
+    // -A with a running agent: the request is refused (the client does not
+    // wait for an answer, so the audit log is where it shows).
+    require("ssh-agent", "openssh-client");
+    let sock = dir.path().join("agent.sock");
+    let mut agent = Proc::spawn(
+        {
+            let mut c = Command::new("ssh-agent");
+            c.args(["-D", "-a"]).arg(&sock);
+            c
+        },
+        Stdio::null(),
+    );
+    agent
+        .stdout()
+        .wait_for(READY, |l| l.contains("SSH_AUTH_SOCK"));
+    let mut cmd = server.ssh(&key);
+    cmd.args(["-A", "-tt"])
+        .arg(server.destination("dev"))
+        .env("SSH_AUTH_SOCK", &sock);
+    let mut ssh = Proc::spawn(cmd, Stdio::piped());
+    server.wait_event("request.refused", |e| e["request"] == "auth-agent-req");
+    ssh.child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(&[0x03])
+        .unwrap();
+    assert!(
+        ssh.wait_exit(READY).is_some(),
+        "Ctrl-C did not close the session"
+    );
+    assert!(agent.is_running());
+}
+
+#[test]
+fn only_publickey_is_offered_and_unknown_keys_are_refused() {
+    let (dir, key) = setup();
+    let stranger = ClientKey::generate(dir.path(), "stranger", "ed25519", None);
+    let server = server(&dir, &[&key]);
+
+    // Password and keyboard-interactive: not even offered.
+    let out = server.ssh_output(
+        &key,
+        &[
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+            &server.destination("dev"),
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Permission denied (publickey)"), "{stderr}");
+
+    let out = server.ssh_output(&stranger, &[&server.destination("dev"), "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied (publickey)"));
+    let refused = server.wait_event("auth.refused", |e| {
+        e["fingerprint"] == stranger.fingerprint()
+    });
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not in any authorized_keys")
+    );
+    assert_eq!(
+        refused["peer"].as_str().unwrap().split(':').next(),
+        Some("127.0.0.1")
+    );
+
+    // And the next client is served.
+    let echo = EchoServer::start();
+    let (_ssh, ports) = server.tunnel(&key, &[("127.0.0.1", echo.addr.port())], &[]);
+    assert_eq!(
+        echo_round_trip(local(ports[0]), b"still here"),
+        b"still here"
+    );
+}
+
+#[test]
+fn rsa_keys_log_in_with_sha2_and_are_refused_with_sha1() {
+    let (dir, _) = setup();
+    let rsa = ClientKey::generate(dir.path(), "rsa", "rsa", Some(3072));
+    let server = server(&dir, &[&rsa]);
+    for alg in ["rsa-sha2-256", "rsa-sha2-512"] {
+        let out = server.ssh_output(
+            &rsa,
+            &[
+                "-o",
+                &format!("PubkeyAcceptedAlgorithms={alg}"),
+                &server.destination("dev"),
+                "true",
+            ],
+        );
+        // Exit 1 with our message: authenticated, then the command was refused.
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{alg}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        server.wait_event("auth.accepted", |e| e["algorithm"] == alg);
+    }
+    let out = server.ssh_output(
+        &rsa,
+        &[
+            "-o",
+            "PubkeyAcceptedAlgorithms=ssh-rsa",
+            &server.destination("dev"),
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255), "ssh-rsa (SHA-1) was accepted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied (publickey)"));
+    assert!(
+        server
+            .events("auth.accepted")
+            .iter()
+            .all(|e| e["algorithm"] != "ssh-rsa")
+    );
+
+    // Still serving.
+    let out = server.ssh_output(
+        &rsa,
+        &[
+            "-o",
+            "PubkeyAcceptedAlgorithms=rsa-sha2-256",
+            &server.destination("dev"),
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn refused_target_fails_that_tunnel_only() {
+    let (dir, key) = setup();
+    let server = server(&dir, &[&key]);
+    let echo = EchoServer::start();
+    let closed = free_port(); // nothing listens here
+    let (mut ssh, ports) = server.tunnel(
+        &key,
+        &[("127.0.0.1", closed), ("127.0.0.1", echo.addr.port())],
+        &[],
+    );
+
+    let mut stream = connect_retry(local(ports[0]));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        stream.read(&mut buf).unwrap_or(0),
+        0,
+        "a refused tunnel must close the local connection"
+    );
+    let line = ssh
+        .stderr()
+        .wait_for(READY, |l| l.contains("open failed"))
+        .unwrap_or_else(|| panic!("ssh printed no failure:\n{}", ssh.stderr().text()));
+    assert!(line.contains("connect failed"), "{line}");
+    assert!(
+        line.contains(&format!("connect to 127.0.0.1:{closed}")),
+        "{line}"
+    );
+    assert!(line.to_lowercase().contains("refused"), "{line}");
+    server.wait_event("tunnel.failed", |e| {
+        e["destination"] == format!("127.0.0.1:{closed}")
+    });
+
+    // Same connection, other tunnel: unaffected.
+    assert!(
+        ssh.is_running(),
+        "the SSH session ended after a failed tunnel"
+    );
+    let data = pattern(MIB, 3);
+    assert_eq!(
+        checksum(&echo_round_trip(local(ports[1]), &data)),
+        checksum(&data)
+    );
+}
+
+#[test]
+fn unreachable_target_times_out_with_a_reason() {
+    let (dir, key) = setup();
+    let (_listener, addr) = full_listener();
+    let server = ServerBuilder::new(dir.path())
+        .arg("--host-key")
+        .arg(host_key(dir.path()))
+        .args(["--connect-timeout", "1s"])
+        .authorize(&[&key])
+        .start();
+    let (ssh, ports) = server.tunnel(&key, &[("127.0.0.1", addr.port())], &[]);
+    let mut stream = connect_retry(local(ports[0]));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(stream.read(&mut buf).unwrap_or(0), 0);
+    let line = ssh
+        .stderr()
+        .wait_for(READY, |l| l.contains("open failed"))
+        .unwrap_or_else(|| ssh.stderr().text());
+    assert!(line.contains("timed out after 1s"), "{line}");
+    server.wait_event("tunnel.failed", |e| {
+        e["reason"].as_str().unwrap_or("").contains("timed out")
+    });
+}
+
+/// A loopback listener that never accepts, with its accept queue full: the
+/// kernel drops further SYNs, so a connect to it hangs like one to a
+/// firewalled host (without sending anything off this machine).
+fn full_listener() -> (socket2::Socket, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.bind(&local(0).into()).unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break, // the queue is full: this SYN was dropped
+        }
+        assert!(fillers.len() < 64, "the accept queue never filled");
+    }
+    std::mem::forget(fillers); // keep the queue full for the rest of the test
+    (socket, addr)
+}

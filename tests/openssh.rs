@@ -538,3 +538,95 @@ fn full_listener() -> (socket2::Socket, SocketAddr) {
     std::mem::forget(fillers); // keep the queue full for the rest of the test
     (socket, addr)
 }
+
+#[test]
+fn dynamic_forward_socks_reaches_the_target() {
+    let (dir, key) = setup();
+    let server = server(&dir, &[&key]);
+    let echo = EchoServer::start();
+    let port = free_port();
+    let mut cmd = server.ssh(&key);
+    cmd.args(["-v", "-N", "-D", &format!("127.0.0.1:{port}")])
+        .arg(server.destination("dev"));
+    let ssh = Proc::spawn(cmd, Stdio::null());
+    assert!(wait_forwards(&ssh, &[port]), "{}", ssh.stderr().text());
+
+    let mut stream = socks5_connect(local(port), echo.addr);
+    stream.write_all(b"through socks").unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"through socks");
+    server.wait_event("tunnel.closed", |e| {
+        e["destination"] == echo.addr.to_string() && e["bytes_up"] == 13
+    });
+}
+
+/// `ssh -J bastion host`: the jump is a direct-tcpip channel to host:22.
+/// The SSH server behind the bastion is the bastion itself here (the
+/// namespace suites put a real sshd in a private network).
+#[test]
+fn jump_host_opens_an_ssh_session_behind_the_bastion() {
+    let (dir, key) = setup();
+    let server = server(&dir, &[&key]);
+    let config = ssh_config(&server, &key, dir.path());
+    let port = server.addr.port().to_string();
+    let out = Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args([
+            "-J",
+            &format!("jump@127.0.0.1:{port}"),
+            "-p",
+            &port,
+            "inner@127.0.0.1",
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The inner session authenticated through the jump and was refused its command.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("commands are not run here"), "{stderr}");
+    server.wait_event("tunnel.opened", |e| {
+        e["destination"] == format!("127.0.0.1:{port}") && e["user"] == "jump"
+    });
+    server.wait_event("auth.accepted", |e| e["user"] == "inner");
+}
+
+/// A target that never closes its side must not keep a tunnel (and its
+/// socket) alive after the SSH connection is gone.
+#[test]
+fn tunnels_end_with_their_ssh_connection() {
+    let (dir, key) = setup();
+    let server = server(&dir, &[&key]);
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let (saw_eof_tx, saw_eof) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let (mut s, _) = target.accept().unwrap();
+        let mut hello = [0u8; 5];
+        s.read_exact(&mut hello).unwrap();
+        saw_eof_tx.send(hello.to_vec()).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        saw_eof_tx.send(rest).unwrap();
+        thread::sleep(Duration::from_secs(120)); // holds the socket open, never closes
+    });
+    let (ssh, ports) = server.tunnel(&key, &[("127.0.0.1", target_addr.port())], &[]);
+    let mut stream = connect_retry(local(ports[0]));
+    stream.write_all(b"hello").unwrap();
+    assert_eq!(saw_eof.recv_timeout(READY).unwrap(), b"hello");
+
+    drop(ssh); // the client goes away without closing anything cleanly
+    assert_eq!(
+        saw_eof.recv_timeout(READY).unwrap(),
+        b"",
+        "the target did not see the tunnel end"
+    );
+    let closed = server.wait_event("tunnel.closed", |_| true);
+    assert_eq!(closed["bytes_up"], 5);
+    assert_eq!(closed["bytes_down"], 0);
+    server.wait_event("connection.closed", |_| true);
+}

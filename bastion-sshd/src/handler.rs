@@ -13,7 +13,7 @@ use russh::server::{
     Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::auth::{self, Identity};
@@ -67,6 +67,10 @@ pub struct ConnectionHandler {
     sessions: HashMap<ChannelId, SessionChannel>,
     /// Numbers tunnels within the connection for the logs.
     tunnels_requested: u64,
+    /// One sender per tunnel task: fired when the client closes the channel,
+    /// dropped (which the task also sees) when the connection ends, so that
+    /// no tunnel outlives its channel or its connection.
+    tunnel_closers: HashMap<ChannelId, oneshot::Sender<()>>,
 }
 
 impl ConnectionHandler {
@@ -78,6 +82,7 @@ impl ConnectionHandler {
             authenticated,
             sessions: HashMap::new(),
             tunnels_requested: 0,
+            tunnel_closers: HashMap::new(),
         }
     }
 
@@ -553,6 +558,9 @@ impl Handler for ConnectionHandler {
         // inside this callback, which would stall every channel of the connection.
         let timeout = self.shared.connect_timeout;
         let conn = self.conn.clone();
+        let (closer, mut closed) = oneshot::channel();
+        self.tunnel_closers.retain(|_, c| !c.is_closed()); // forget finished tunnels
+        self.tunnel_closers.insert(channel.id(), closer);
         tokio::spawn(async move {
             let started = Instant::now();
             let (stream, resolved) = match tunnel::connect(&target, timeout).await {
@@ -594,7 +602,14 @@ impl Handler for ConnectionHandler {
                 resolved = %resolved,
                 "tunnel {tunnel} opened to {target} ({resolved})"
             );
-            let (transfer, error) = tunnel::relay(channel.into_stream(), stream).await;
+            let transfer = tunnel::Transfer::default();
+            let (ended_by, error) = tokio::select! {
+                error = tunnel::relay(channel.into_stream(), stream, &transfer) => match error {
+                    None => ("both sides finished", None),
+                    Some(e) => ("error", Some(e.to_string())),
+                },
+                _ = &mut closed => ("client closed the channel or the connection", None),
+            };
             info!(
                 target: "audit",
                 event = "tunnel.closed",
@@ -606,11 +621,12 @@ impl Handler for ConnectionHandler {
                 originator = %originator,
                 destination = %target,
                 resolved = %resolved,
-                bytes_up = transfer.up,
-                bytes_down = transfer.down,
+                bytes_up = transfer.up(),
+                bytes_down = transfer.down(),
                 duration_ms = started.elapsed().as_millis() as u64,
-                error = error.map(|e| e.to_string()),
-                "tunnel {tunnel} to {target} closed: {} bytes up, {} bytes down", transfer.up, transfer.down
+                ended_by,
+                error,
+                "tunnel {tunnel} to {target} closed: {} bytes up, {} bytes down", transfer.up(), transfer.down()
             );
         });
         Ok(())

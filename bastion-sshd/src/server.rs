@@ -344,7 +344,9 @@ impl ConnectionTask {
         };
         let session = match started {
             Err(_) => return "no SSH identification within the login grace time".into(),
-            Ok(Err(e)) => return format!("handshake failed: {e}"),
+            Ok(Err(e)) => {
+                return format!("before the SSH handshake: {}", describe_session_error(&e));
+            }
             Ok(Ok(session)) => session,
         };
         let handle = session.handle();
@@ -390,6 +392,7 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 fn describe_session_error(e: &russh::Error) -> String {
     match e {
+        // Also what a port probe or `bastion-sshd healthcheck` looks like.
         russh::Error::Disconnect => "client disconnected".into(),
         russh::Error::HUP => "connection closed by peer".into(),
         other => format!("{other}"),

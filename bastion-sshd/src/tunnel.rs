@@ -5,6 +5,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -51,52 +52,56 @@ pub async fn connect(
     }
 }
 
-/// Bytes moved by a finished tunnel.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Bytes moved by a tunnel so far; shared, so that a tunnel ended from
+/// outside (the client closed the channel, the connection dropped) still
+/// reports what it carried.
+#[derive(Debug, Default)]
 pub struct Transfer {
     /// Client to target.
-    pub up: u64,
+    pub up: AtomicU64,
     /// Target to client.
-    pub down: u64,
+    pub down: AtomicU64,
+}
+
+impl Transfer {
+    pub fn up(&self) -> u64 {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn down(&self) -> u64 {
+        self.down.load(Ordering::Relaxed)
+    }
 }
 
 /// Copies both ways until both directions have seen end-of-file, passing a
-/// half-close from either side to the other. Returns the byte counts even
-/// when the copy ends with an error (a reset, the SSH connection dropping).
-pub async fn relay<C, T>(client: C, target: T) -> (Transfer, Option<io::Error>)
+/// half-close from either side to the other, and counts into `transfer`.
+/// Returns the error that ended the copy, if any (a reset, the SSH
+/// connection dropping).
+pub async fn relay<C, T>(client: C, target: T, transfer: &Transfer) -> Option<io::Error>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut client = Counted::new(client);
-    let mut target = Counted::new(target);
-    let result = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut target,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    )
-    .await;
-    let transfer = Transfer {
-        up: client.read,
-        down: target.read,
+    let mut client = Counted {
+        inner: client,
+        read: &transfer.up,
     };
-    (transfer, result.err())
+    let mut target = Counted {
+        inner: target,
+        read: &transfer.down,
+    };
+    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut target, COPY_BUFFER, COPY_BUFFER)
+        .await
+        .err()
 }
 
 /// Counts the bytes read through it.
-struct Counted<S> {
+struct Counted<'a, S> {
     inner: S,
-    read: u64,
+    read: &'a AtomicU64,
 }
 
-impl<S> Counted<S> {
-    fn new(inner: S) -> Self {
-        Self { inner, read: 0 }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -104,12 +109,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
+        self.read
+            .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
         poll
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -165,21 +171,17 @@ mod tests {
         assert_eq!(used, addr);
 
         let (client_side, relay_side) = tokio::io::duplex(1024);
-        let relay = tokio::spawn(relay(relay_side, target_stream));
+        let transfer = std::sync::Arc::new(Transfer::default());
+        let counted = transfer.clone();
+        let relay = tokio::spawn(async move { relay(relay_side, target_stream, &counted).await });
         let (mut rd, mut wr) = tokio::io::split(client_side);
         wr.write_all(&[7u8; 100_000]).await.unwrap();
         wr.shutdown().await.unwrap(); // half-close: the target must see EOF
         let mut answer = String::new();
         rd.read_to_string(&mut answer).await.unwrap();
         assert_eq!(answer, "got 100000");
-        let (transfer, error) = relay.await.unwrap();
+        let error = relay.await.unwrap();
         assert!(error.is_none(), "{error:?}");
-        assert_eq!(
-            transfer,
-            Transfer {
-                up: 100_000,
-                down: 10
-            }
-        );
+        assert_eq!((transfer.up(), transfer.down()), (100_000, 10));
     }
 }

@@ -706,3 +706,41 @@ fn is_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+/// Opens `target` through a SOCKS5 proxy (`ssh -D`), as curl or a browser would.
+pub fn socks5_connect(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
+    let SocketAddr::V4(v4) = target else {
+        panic!("IPv4 targets only")
+    };
+    let mut s = connect_retry(proxy);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap(); // version 5, one method: no authentication
+    let mut choice = [0u8; 2];
+    s.read_exact(&mut choice).unwrap();
+    assert_eq!(choice, [5, 0], "SOCKS method refused");
+    let mut request = vec![5, 1, 0, 1]; // CONNECT, IPv4
+    request.extend(v4.ip().octets());
+    request.extend(v4.port().to_be_bytes());
+    s.write_all(&request).unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(
+        reply[1], 0,
+        "SOCKS CONNECT to {target} failed with code {}",
+        reply[1]
+    );
+    s
+}
+
+/// An ssh_config for this server and key, for options that must reach the
+/// `ssh` that ProxyJump (`-J`) starts, which does not inherit `-o` or `-i`.
+pub fn ssh_config(server: &Server, key: &ClientKey, dir: &Path) -> PathBuf {
+    let path = dir.join(format!("ssh_config.{}", unique()));
+    let text = format!(
+        "Host *\n  BatchMode yes\n  IdentitiesOnly yes\n  IdentityFile {}\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  ConnectTimeout 20\n",
+        key.private.display(),
+        server.known_hosts.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}

@@ -20,17 +20,12 @@ fn setup() -> (TempDir, ClientKey) {
 
 fn bastion(args: &[&str]) -> Command {
     let mut cmd = Command::new(bastion_bin());
-    cmd.args(args)
-        .env_remove("BASTION_AUTHORIZED_KEYS")
-        .env_remove("BASTION_HOST_KEY");
+    cmd.args(args).env_remove("BASTION_AUTHORIZED_KEYS").env_remove("BASTION_HOST_KEY");
     cmd
 }
 
 fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn keygen(path: &Path) -> (String, String) {
@@ -38,17 +33,13 @@ fn keygen(path: &Path) -> (String, String) {
     assert!(out.status.success(), "{:?}", text(&out));
     let (stdout, _) = text(&out);
     let mut lines = stdout.lines();
-    (
-        lines.next().unwrap().to_string(),
-        lines.next().unwrap().to_string(),
-    )
+    (lines.next().unwrap().to_string(), lines.next().unwrap().to_string())
 }
 
 /// Logs in and runs `true`: exit 1 with our message means key auth and host key check passed.
 fn logs_in(server: &Server, key: &ClientKey) -> bool {
     let out = server.ssh_output(key, &[&server.destination("ops"), "true"]);
-    out.status.code() == Some(1)
-        && String::from_utf8_lossy(&out.stderr).contains("commands are not run")
+    out.status.code() == Some(1) && String::from_utf8_lossy(&out.stderr).contains("commands are not run")
 }
 
 #[test]
@@ -57,47 +48,24 @@ fn keygen_writes_a_key_that_loads_back() {
     let path = dir.path().join("host_ed25519");
     let (public, described) = keygen(&path);
     assert!(public.starts_with("ssh-ed25519 AAAA"), "{public}");
-    assert!(
-        described.starts_with("256 SHA256:") && described.ends_with("(ED25519)"),
-        "{described}"
-    );
+    assert!(described.starts_with("256 SHA256:") && described.ends_with("(ED25519)"), "{described}");
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "private key must not be readable by others");
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("host_ed25519.pub"))
-            .unwrap()
-            .trim(),
-        public
-    );
+    assert_eq!(std::fs::read_to_string(dir.path().join("host_ed25519.pub")).unwrap().trim(), public);
 
     // ssh-keygen agrees on the fingerprint.
-    let out = Command::new("ssh-keygen")
-        .arg("-lf")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = Command::new("ssh-keygen").arg("-lf").arg(&path).output().unwrap();
     let (stdout, _) = text(&out);
     let fp = described.split(' ').nth(1).unwrap();
-    assert!(
-        stdout.contains(fp),
-        "ssh-keygen -l says {stdout}, we said {described}"
-    );
+    assert!(stdout.contains(fp), "ssh-keygen -l says {stdout}, we said {described}");
 
     // It loads back: check-config shows the same fingerprint.
     let keys = dir.path().join("authorized_keys");
     std::fs::write(&keys, format!("{public}\n")).unwrap();
-    let out = bastion(&["check-config", "--host-key"])
-        .arg(&path)
-        .arg("--authorized-keys")
-        .arg(&keys)
-        .output()
-        .unwrap();
+    let out = bastion(&["check-config", "--host-key"]).arg(&path).arg("--authorized-keys").arg(&keys).output().unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(
-        stdout.contains(&format!("host key: {described}")),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&format!("host key: {described}")), "{stdout}");
 
     // An existing key is never overwritten.
     let out = bastion(&["keygen", "--out"]).arg(&path).output().unwrap();
@@ -107,10 +75,7 @@ fn keygen_writes_a_key_that_loads_back() {
     // Without --out: private key on stdout, public key on stderr.
     let out = bastion(&["keygen"]).output().unwrap();
     let (stdout, stderr) = text(&out);
-    assert!(
-        stdout.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"),
-        "{stdout}"
-    );
+    assert!(stdout.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"), "{stdout}");
     assert!(stderr.starts_with("ssh-ed25519 "), "{stderr}");
 }
 
@@ -120,11 +85,7 @@ fn host_key_from_file_from_env_text_and_ephemeral() {
 
     let file = dir.path().join("hk_file");
     let (file_public, _) = keygen(&file);
-    let server = ServerBuilder::new(dir.path())
-        .arg("--host-key")
-        .arg(&file)
-        .authorize(&[&key])
-        .start();
+    let server = ServerBuilder::new(dir.path()).arg("--host-key").arg(&file).authorize(&[&key]).start();
     assert_eq!(server.host_public_key, file_public);
     assert!(logs_in(&server, &key));
     drop(server);
@@ -132,10 +93,7 @@ fn host_key_from_file_from_env_text_and_ephemeral() {
     let env_file = dir.path().join("hk_env");
     let (env_public, _) = keygen(&env_file);
     let env_text = std::fs::read_to_string(&env_file).unwrap();
-    let server = ServerBuilder::new(dir.path())
-        .env("BASTION_HOST_KEY", &env_text)
-        .authorize(&[&key])
-        .start();
+    let server = ServerBuilder::new(dir.path()).env("BASTION_HOST_KEY", &env_text).authorize(&[&key]).start();
     assert_eq!(server.host_public_key, env_public);
     let loaded = server.wait_event("hostkey.loaded", |_| true);
     assert_eq!(loaded["source"], "BASTION_HOST_KEY");
@@ -149,20 +107,9 @@ fn host_key_from_file_from_env_text_and_ephemeral() {
     let first = ServerBuilder::new(dir.path()).authorize(&[&key]).start();
     let warning = first.wait_event("hostkey.ephemeral", |_| true);
     assert_eq!(warning["level"], "WARN");
-    assert!(
-        warning["message"]
-            .as_str()
-            .unwrap()
-            .contains("different host key at every start")
-    );
-    let fingerprint = first.wait_event("hostkey.loaded", |_| true)["fingerprint"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        fingerprint.starts_with("256 SHA256:") && fingerprint.ends_with("(ED25519)"),
-        "{fingerprint}"
-    );
+    assert!(warning["message"].as_str().unwrap().contains("different host key at every start"));
+    let fingerprint = first.wait_event("hostkey.loaded", |_| true)["fingerprint"].as_str().unwrap().to_string();
+    assert!(fingerprint.starts_with("256 SHA256:") && fingerprint.ends_with("(ED25519)"), "{fingerprint}");
     assert!(logs_in(&first, &key));
     let second = ServerBuilder::new(dir.path()).authorize(&[&key]).start();
     assert_ne!(first.host_public_key, second.host_public_key);
@@ -182,25 +129,15 @@ fn bad_host_keys_stop_the_server_with_a_reason() {
         (garbage.as_path(), "not an OpenSSH private key"),
         (Path::new("/nonexistent/host_key"), "cannot read"),
     ] {
-        let out = bastion(&[
-            "run",
-            "--log-format",
-            "text",
-            "--listen",
-            "127.0.0.1:0",
-            "--host-key",
-        ])
-        .arg(path)
-        .arg("--authorized-keys")
-        .arg(&keys)
-        .output()
-        .unwrap();
+        let out = bastion(&["run", "--log-format", "text", "--listen", "127.0.0.1:0", "--host-key"])
+            .arg(path)
+            .arg("--authorized-keys")
+            .arg(&keys)
+            .output()
+            .unwrap();
         let (_, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(
-            stderr.contains(&format!("host key {}: {expect}", path.display())),
-            "{stderr}"
-        );
+        assert!(stderr.contains(&format!("host key {}: {expect}", path.display())), "{stderr}");
     }
 }
 
@@ -208,51 +145,26 @@ fn bad_host_keys_stop_the_server_with_a_reason() {
 fn check_config_reports_malformed_lines_with_their_number() {
     let (dir, key) = setup();
     let keys = dir.path().join("authorized_keys");
-    std::fs::write(
-        &keys,
-        format!(
-            "# ops team\n{}\nssh-ed25519 AAAAnot-base64 broken\n",
-            key.public_line
-        ),
-    )
-    .unwrap();
-    let out = bastion(&["check-config", "--authorized-keys"])
-        .arg(&keys)
-        .output()
-        .unwrap();
+    std::fs::write(&keys, format!("# ops team\n{}\nssh-ed25519 AAAAnot-base64 broken\n", key.public_line)).unwrap();
+    let out = bastion(&["check-config", "--authorized-keys"]).arg(&keys).output().unwrap();
     let (stdout, _) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(
-        stdout.contains(&format!(
-            "{} line 3: not an authorized_keys line",
-            keys.display()
-        )),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&format!("{} line 3: not an authorized_keys line", keys.display())), "{stdout}");
     assert!(stdout.contains("authorized keys: 1"), "{stdout}");
     assert!(stdout.contains("alice@test"), "{stdout}");
     assert!(stdout.contains("ephemeral key"), "{stdout}");
 
     // The same text from the environment, and a clean file.
     let out = bastion(&["check-config"])
-        .env(
-            "BASTION_AUTHORIZED_KEYS",
-            format!("{}\nbogus\n", key.public_line),
-        )
+        .env("BASTION_AUTHORIZED_KEYS", format!("{}\nbogus\n", key.public_line))
         .output()
         .unwrap();
     let (stdout, _) = text(&out);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stdout.contains("BASTION_AUTHORIZED_KEYS line 2:"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("BASTION_AUTHORIZED_KEYS line 2:"), "{stdout}");
 
     std::fs::write(&keys, format!("{}\n", key.public_line)).unwrap();
-    let out = bastion(&["check-config", "--authorized-keys"])
-        .arg(&keys)
-        .output()
-        .unwrap();
+    let out = bastion(&["check-config", "--authorized-keys"]).arg(&keys).output().unwrap();
     assert!(out.status.success(), "{:?}", text(&out));
     assert!(text(&out).0.contains("OK: no problems found"));
 
@@ -266,15 +178,8 @@ fn check_config_reports_malformed_lines_with_their_number() {
 fn malformed_lines_are_skipped_and_the_rest_still_log_in() {
     let (dir, key) = setup();
     let keys = dir.path().join("authorized_keys");
-    std::fs::write(
-        &keys,
-        format!("garbage line\n\u{0}\u{1}\u{2}\n{}\r\n", key.public_line),
-    )
-    .unwrap();
-    let server = ServerBuilder::new(dir.path())
-        .args(["--authorized-keys"])
-        .arg(&keys)
-        .start();
+    std::fs::write(&keys, format!("garbage line\n\u{0}\u{1}\u{2}\n{}\r\n", key.public_line)).unwrap();
+    let server = ServerBuilder::new(dir.path()).args(["--authorized-keys"]).arg(&keys).start();
     let warning = server.wait_event("config.problem", |e| e["line"] == 1);
     assert_eq!(warning["level"], "WARN");
     assert_eq!(warning["source"], keys.display().to_string());
@@ -286,17 +191,13 @@ fn malformed_lines_are_skipped_and_the_rest_still_log_in() {
 fn healthcheck_exit_codes() {
     let (dir, key) = setup();
     let server = ServerBuilder::new(dir.path()).authorize(&[&key]).start();
-    let out = bastion(&["healthcheck", "--addr", &server.addr.to_string()])
-        .output()
-        .unwrap();
+    let out = bastion(&["healthcheck", "--addr", &server.addr.to_string()]).output().unwrap();
     let (stdout, _) = text(&out);
     assert!(out.status.success(), "{:?}", text(&out));
     assert_eq!(stdout.trim(), "ok: SSH-2.0-bastion");
 
     let closed = free_port();
-    let out = bastion(&["healthcheck", "--addr", &format!("127.0.0.1:{closed}")])
-        .output()
-        .unwrap();
+    let out = bastion(&["healthcheck", "--addr", &format!("127.0.0.1:{closed}")]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("unhealthy: cannot connect"));
 
@@ -309,21 +210,9 @@ fn healthcheck_exit_codes() {
             let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
         }
     });
-    let out = bastion(&[
-        "healthcheck",
-        "--addr",
-        &http_addr.to_string(),
-        "--timeout",
-        "5s",
-    ])
-    .output()
-    .unwrap();
+    let out = bastion(&["healthcheck", "--addr", &http_addr.to_string(), "--timeout", "5s"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out)
-            .1
-            .contains("did not answer with an SSH-2.0 identification")
-    );
+    assert!(text(&out).1.contains("did not answer with an SSH-2.0 identification"));
 }
 
 #[test]
@@ -339,53 +228,31 @@ fn identification_does_not_reveal_the_library() {
 #[test]
 fn silent_connections_are_dropped_after_the_login_grace_time() {
     let (dir, key) = setup();
-    let server = ServerBuilder::new(dir.path())
-        .args(["--login-grace-time", "1s"])
-        .authorize(&[&key])
-        .start();
+    let server = ServerBuilder::new(dir.path()).args(["--login-grace-time", "1s"]).authorize(&[&key]).start();
     let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut all = Vec::new();
     let _ = stream.read_to_end(&mut all);
     assert!(all.starts_with(b"SSH-2.0-bastion\r\n"));
     let closed = server.wait_event("connection.closed", |_| true);
-    assert!(
-        closed["reason"]
-            .as_str()
-            .unwrap()
-            .contains("login grace time"),
-        "{closed}"
-    );
+    assert!(closed["reason"].as_str().unwrap().contains("login grace time"), "{closed}");
 }
 
 #[test]
 fn listens_on_ipv6_and_dual_stack() {
     let (dir, key) = setup();
-    let server = ServerBuilder::new(dir.path())
-        .args(["--listen", "[::]:0"])
-        .authorize(&[&key])
-        .start();
+    let server = ServerBuilder::new(dir.path()).args(["--listen", "[::]:0"]).authorize(&[&key]).start();
     let port = server.addr.port();
     for addr in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
         let addr: SocketAddr = addr.parse().unwrap();
         let mut line = String::new();
-        BufReader::new(TcpStream::connect(addr).unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        BufReader::new(TcpStream::connect(addr).unwrap()).read_line(&mut line).unwrap();
         assert_eq!(line, "SSH-2.0-bastion\r\n", "via {addr}");
     }
     // ssh over IPv6.
-    let out = server
-        .ssh(&key)
-        .args(["-6", "ops@::1", "true"])
-        .output()
-        .unwrap();
+    let out = server.ssh(&key).args(["-6", "ops@::1", "true"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
-    server.wait_event("connection.accepted", |e| {
-        e["peer"].as_str().unwrap().starts_with("[::1]")
-    });
+    server.wait_event("connection.accepted", |e| e["peer"].as_str().unwrap().starts_with("[::1]"));
 }
 
 #[test]
@@ -394,26 +261,15 @@ fn sigterm_closes_connections_and_exits_cleanly() {
     let mut server = ServerBuilder::new(dir.path()).authorize(&[&key]).start();
     let echo = EchoServer::start();
     let (mut ssh, ports) = server.tunnel(&key, &[("127.0.0.1", echo.addr.port())], &[]);
-    assert_eq!(
-        echo_round_trip(SocketAddr::from(([127, 0, 0, 1], ports[0])), b"ping"),
-        b"ping"
-    );
+    assert_eq!(echo_round_trip(SocketAddr::from(([127, 0, 0, 1], ports[0])), b"ping"), b"ping");
 
     server.proc.signal("TERM");
-    let status = server
-        .proc
-        .wait_exit(READY)
-        .expect("server did not exit after SIGTERM");
+    let status = server.proc.wait_exit(READY).expect("server did not exit after SIGTERM");
     assert_eq!(status.code(), Some(0), "{}", server.proc.stderr().text());
     server.wait_event("server.stopping", |e| e["signal"] == "SIGTERM");
-    server.wait_event("connection.closed", |e| {
-        e["reason"] == "server shutting down"
-    });
+    server.wait_event("connection.closed", |e| e["reason"] == "server shutting down");
     server.wait_event("server.stopped", |_| true);
     // The client was told and exits; no new connections are accepted.
-    assert!(
-        ssh.wait_exit(READY).is_some(),
-        "ssh still running after the server stopped"
-    );
+    assert!(ssh.wait_exit(READY).is_some(), "ssh still running after the server stopped");
     assert!(TcpStream::connect(server.addr).is_err());
 }

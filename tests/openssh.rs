@@ -22,26 +22,13 @@ fn setup() -> (TempDir, ClientKey) {
 /// A host key file made by `bastion-sshd keygen`.
 fn host_key(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join(format!("host_key.{}", unique()));
-    let out = Command::new(bastion_bin())
-        .arg("keygen")
-        .arg("--out")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(bastion_bin()).arg("keygen").arg("--out").arg(&path).output().unwrap();
+    assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
     path
 }
 
 fn server(dir: &TempDir, keys: &[&ClientKey]) -> Server {
-    ServerBuilder::new(dir.path())
-        .arg("--host-key")
-        .arg(host_key(dir.path()))
-        .authorize(keys)
-        .start()
+    ServerBuilder::new(dir.path()).arg("--host-key").arg(host_key(dir.path())).authorize(keys).start()
 }
 
 fn local(port: u16) -> SocketAddr {
@@ -58,27 +45,15 @@ fn local_forward_carries_16_mib_and_20_parallel_connections() {
     let data = pattern(16 * MIB, 1);
     let back = echo_round_trip(local(ports[0]), &data);
     assert_eq!(back.len(), data.len());
-    assert_eq!(
-        checksum(&back),
-        checksum(&data),
-        "16 MiB came back different"
-    );
+    assert_eq!(checksum(&back), checksum(&data), "16 MiB came back different");
 
     // The audit log counts every byte, each way.
     let closed = server.wait_event("tunnel.closed", |e| e["bytes_up"] == 16 * MIB as u64);
     assert_eq!(closed["bytes_down"], 16 * MIB as u64);
-    assert_eq!(
-        closed["destination"],
-        format!("127.0.0.1:{}", echo.addr.port())
-    );
+    assert_eq!(closed["destination"], format!("127.0.0.1:{}", echo.addr.port()));
     assert_eq!(closed["resolved"], echo.addr.to_string());
     assert_eq!(closed["user"], "tunnel");
-    assert!(
-        closed["fingerprint"]
-            .as_str()
-            .unwrap()
-            .starts_with("SHA256:")
-    );
+    assert!(closed["fingerprint"].as_str().unwrap().starts_with("SHA256:"));
     assert!(closed["duration_ms"].is_u64());
 
     let workers: Vec<_> = (0..20)
@@ -91,10 +66,7 @@ fn local_forward_carries_16_mib_and_20_parallel_connections() {
         })
         .collect();
     for (i, w) in workers.into_iter().enumerate() {
-        assert!(
-            w.join().unwrap(),
-            "parallel connection {i} came back different"
-        );
+        assert!(w.join().unwrap(), "parallel connection {i} came back different");
     }
 }
 
@@ -105,9 +77,7 @@ fn target_that_speaks_first_is_heard() {
     let smtp = EchoServer::start_with_greeting(Some(b"220 mail.internal ESMTP ready\r\n"));
     let (_ssh, ports) = server.tunnel(&key, &[("127.0.0.1", smtp.addr.port())], &[]);
     let mut stream = connect_retry(local(ports[0]));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut greeting = [0u8; 31];
     stream.read_exact(&mut greeting).unwrap();
     assert_eq!(&greeting, b"220 mail.internal ESMTP ready\r\n");
@@ -122,26 +92,12 @@ fn psql_through_the_tunnel() {
     let server = server(&dir, &[&key]);
     let (_ssh, ports) = server.tunnel(&key, &[("127.0.0.1", pg.port)], &[]);
     let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &ports[0].to_string(),
-            "-U",
-            "app",
-            "-d",
-            "postgres",
-            "-Atc",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &ports[0].to_string(), "-U", "app", "-d", "postgres", "-Atc"])
         .arg("select 1 + 1, current_user")
         .env("PGCONNECT_TIMEOUT", "20")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "psql failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2|app");
 }
 
@@ -153,49 +109,22 @@ fn session_without_dash_n_keeps_the_tunnel_open() {
     let echo = EchoServer::start();
     let port = free_port();
     let mut cmd = server.ssh(&key);
-    cmd.args([
-        "-v",
-        "-L",
-        &format!("127.0.0.1:{port}:127.0.0.1:{}", echo.addr.port()),
-    ])
-    .arg(server.destination("dev"));
+    cmd.args(["-v", "-L", &format!("127.0.0.1:{port}:127.0.0.1:{}", echo.addr.port())]).arg(server.destination("dev"));
     let mut ssh = Proc::spawn(cmd, Stdio::piped());
     assert!(wait_forwards(&ssh, &[port]), "{}", ssh.stderr().text());
-    let banner = ssh
-        .stdout()
-        .wait_for(READY, |l| l.contains("only forwards ports"));
-    assert!(
-        banner.is_some(),
-        "no banner; stdout: {}\nstderr: {}",
-        ssh.stdout().text(),
-        ssh.stderr().text()
-    );
-    assert!(
-        ssh.stdout()
-            .wait_for(READY, |l| l.contains("Ctrl-C or Ctrl-D"))
-            .is_some()
-    );
+    let banner = ssh.stdout().wait_for(READY, |l| l.contains("only forwards ports"));
+    assert!(banner.is_some(), "no banner; stdout: {}\nstderr: {}", ssh.stdout().text(), ssh.stderr().text());
+    assert!(ssh.stdout().wait_for(READY, |l| l.contains("Ctrl-C or Ctrl-D")).is_some());
 
     // Input other than Ctrl-C/Ctrl-D is ignored; the tunnel keeps working.
-    ssh.child
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(b"ls -la\n")
-        .unwrap();
+    ssh.child.stdin.as_mut().unwrap().write_all(b"ls -la\n").unwrap();
     let data = pattern(MIB, 7);
-    assert_eq!(
-        checksum(&echo_round_trip(local(port), &data)),
-        checksum(&data)
-    );
+    assert_eq!(checksum(&echo_round_trip(local(port), &data)), checksum(&data));
     assert!(ssh.is_running(), "session closed on ordinary input");
 
     // Closing stdin (EOF) does not end the session either: the tunnel is what matters.
     drop(ssh.child.stdin.take());
-    assert_eq!(
-        checksum(&echo_round_trip(local(port), &data)),
-        checksum(&data)
-    );
+    assert_eq!(checksum(&echo_round_trip(local(port), &data)), checksum(&data));
     assert!(ssh.is_running(), "session closed on stdin EOF");
     server.wait_event("session.shell", |_| true);
 }
@@ -208,34 +137,15 @@ fn pty_session_shows_banner_and_ctrl_d_closes_it() {
     let echo = EchoServer::start();
     let port = free_port();
     let mut cmd = server.ssh(&key);
-    cmd.args([
-        "-v",
-        "-tt",
-        "-L",
-        &format!("127.0.0.1:{port}:127.0.0.1:{}", echo.addr.port()),
-    ])
-    .arg(server.destination("dev"));
+    cmd.args(["-v", "-tt", "-L", &format!("127.0.0.1:{port}:127.0.0.1:{}", echo.addr.port())])
+        .arg(server.destination("dev"));
     let mut ssh = Proc::spawn(cmd, Stdio::piped());
     assert!(wait_forwards(&ssh, &[port]), "{}", ssh.stderr().text());
-    assert!(
-        ssh.stdout()
-            .wait_for(READY, |l| l.contains("only forwards ports"))
-            .is_some(),
-        "{}",
-        ssh.stdout().text()
-    );
+    assert!(ssh.stdout().wait_for(READY, |l| l.contains("only forwards ports")).is_some(), "{}", ssh.stdout().text());
     let data = pattern(MIB, 8);
-    assert_eq!(
-        checksum(&echo_round_trip(local(port), &data)),
-        checksum(&data)
-    );
+    assert_eq!(checksum(&echo_round_trip(local(port), &data)), checksum(&data));
 
-    ssh.child
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(&[0x04])
-        .unwrap();
+    ssh.child.stdin.as_mut().unwrap().write_all(&[0x04]).unwrap();
     let status = ssh.wait_exit(READY).expect("ssh did not exit after Ctrl-D");
     assert_eq!(status.code(), Some(0), "{}", ssh.stderr().text());
     server.wait_event("session.closed", |_| true);
@@ -249,10 +159,7 @@ fn commands_and_subsystems_are_refused_with_a_message_and_exit_1() {
     let out = server.ssh_output(&key, &[&server.destination("dev"), "true"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("commands are not run here; this bastion only forwards ports"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("commands are not run here; this bastion only forwards ports"), "{stderr}");
     assert!(out.stdout.is_empty());
     let refused = server.wait_event("request.refused", |e| e["request"] == "exec");
     assert!(refused["reason"].as_str().unwrap().contains("\"true\""));
@@ -260,30 +167,15 @@ fn commands_and_subsystems_are_refused_with_a_message_and_exit_1() {
     let out = server.ssh_output(&key, &["-s", &server.destination("dev"), "sftp"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("subsystem \"sftp\" is not available"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("subsystem \"sftp\" is not available"), "{stderr}");
     server.wait_event("request.refused", |e| e["request"] == "subsystem");
 
     // The real sftp client fails too.
     require("sftp", "openssh-client");
     let out = Command::new("sftp")
-        .args([
-            "-F",
-            "/dev/null",
-            "-b",
-            "-",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
+        .args(["-F", "/dev/null", "-b", "-", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
         .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            server.known_hosts.display()
-        ))
+        .arg(format!("UserKnownHostsFile={}", server.known_hosts.display()))
         .arg("-i")
         .arg(&key.private)
         .args(["-P", &server.addr.port().to_string()])
@@ -299,10 +191,7 @@ fn remote_forwarding_and_agent_forwarding_are_refused() {
     let (dir, key) = setup();
     let server = server(&dir, &[&key]);
 
-    let out = server.ssh_output(
-        &key,
-        &["-N", "-R", "0:127.0.0.1:9", &server.destination("dev")],
-    );
+    let out = server.ssh_output(&key, &["-N", "-R", "0:127.0.0.1:9", &server.destination("dev")]);
     assert_eq!(out.status.code(), Some(255));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("remote port forwarding failed"), "{stderr}");
@@ -320,25 +209,13 @@ fn remote_forwarding_and_agent_forwarding_are_refused() {
         },
         Stdio::null(),
     );
-    agent
-        .stdout()
-        .wait_for(READY, |l| l.contains("SSH_AUTH_SOCK"));
+    agent.stdout().wait_for(READY, |l| l.contains("SSH_AUTH_SOCK"));
     let mut cmd = server.ssh(&key);
-    cmd.args(["-A", "-tt"])
-        .arg(server.destination("dev"))
-        .env("SSH_AUTH_SOCK", &sock);
+    cmd.args(["-A", "-tt"]).arg(server.destination("dev")).env("SSH_AUTH_SOCK", &sock);
     let mut ssh = Proc::spawn(cmd, Stdio::piped());
     server.wait_event("request.refused", |e| e["request"] == "auth-agent-req");
-    ssh.child
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(&[0x03])
-        .unwrap();
-    assert!(
-        ssh.wait_exit(READY).is_some(),
-        "Ctrl-C did not close the session"
-    );
+    ssh.child.stdin.as_mut().unwrap().write_all(&[0x03]).unwrap();
+    assert!(ssh.wait_exit(READY).is_some(), "Ctrl-C did not close the session");
     assert!(agent.is_running());
 }
 
@@ -351,12 +228,7 @@ fn only_publickey_is_offered_and_unknown_keys_are_refused() {
     // Password and keyboard-interactive: not even offered.
     let out = server.ssh_output(
         &key,
-        &[
-            "-o",
-            "PreferredAuthentications=password,keyboard-interactive",
-            &server.destination("dev"),
-            "true",
-        ],
+        &["-o", "PreferredAuthentications=password,keyboard-interactive", &server.destination("dev"), "true"],
     );
     assert_eq!(out.status.code(), Some(255));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -365,27 +237,14 @@ fn only_publickey_is_offered_and_unknown_keys_are_refused() {
     let out = server.ssh_output(&stranger, &[&server.destination("dev"), "true"]);
     assert_eq!(out.status.code(), Some(255));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied (publickey)"));
-    let refused = server.wait_event("auth.refused", |e| {
-        e["fingerprint"] == stranger.fingerprint()
-    });
-    assert!(
-        refused["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not in any authorized_keys")
-    );
-    assert_eq!(
-        refused["peer"].as_str().unwrap().split(':').next(),
-        Some("127.0.0.1")
-    );
+    let refused = server.wait_event("auth.refused", |e| e["fingerprint"] == stranger.fingerprint());
+    assert!(refused["reason"].as_str().unwrap().contains("not in any authorized_keys"));
+    assert_eq!(refused["peer"].as_str().unwrap().split(':').next(), Some("127.0.0.1"));
 
     // And the next client is served.
     let echo = EchoServer::start();
     let (_ssh, ports) = server.tunnel(&key, &[("127.0.0.1", echo.addr.port())], &[]);
-    assert_eq!(
-        echo_round_trip(local(ports[0]), b"still here"),
-        b"still here"
-    );
+    assert_eq!(echo_round_trip(local(ports[0]), b"still here"), b"still here");
 }
 
 #[test]
@@ -394,52 +253,20 @@ fn rsa_keys_log_in_with_sha2_and_are_refused_with_sha1() {
     let rsa = ClientKey::generate(dir.path(), "rsa", "rsa", Some(3072));
     let server = server(&dir, &[&rsa]);
     for alg in ["rsa-sha2-256", "rsa-sha2-512"] {
-        let out = server.ssh_output(
-            &rsa,
-            &[
-                "-o",
-                &format!("PubkeyAcceptedAlgorithms={alg}"),
-                &server.destination("dev"),
-                "true",
-            ],
-        );
+        let out = server
+            .ssh_output(&rsa, &["-o", &format!("PubkeyAcceptedAlgorithms={alg}"), &server.destination("dev"), "true"]);
         // Exit 1 with our message: authenticated, then the command was refused.
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{alg}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_eq!(out.status.code(), Some(1), "{alg}: {}", String::from_utf8_lossy(&out.stderr));
         server.wait_event("auth.accepted", |e| e["algorithm"] == alg);
     }
-    let out = server.ssh_output(
-        &rsa,
-        &[
-            "-o",
-            "PubkeyAcceptedAlgorithms=ssh-rsa",
-            &server.destination("dev"),
-            "true",
-        ],
-    );
+    let out = server.ssh_output(&rsa, &["-o", "PubkeyAcceptedAlgorithms=ssh-rsa", &server.destination("dev"), "true"]);
     assert_eq!(out.status.code(), Some(255), "ssh-rsa (SHA-1) was accepted");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied (publickey)"));
-    assert!(
-        server
-            .events("auth.accepted")
-            .iter()
-            .all(|e| e["algorithm"] != "ssh-rsa")
-    );
+    assert!(server.events("auth.accepted").iter().all(|e| e["algorithm"] != "ssh-rsa"));
 
     // Still serving.
-    let out = server.ssh_output(
-        &rsa,
-        &[
-            "-o",
-            "PubkeyAcceptedAlgorithms=rsa-sha2-256",
-            &server.destination("dev"),
-            "true",
-        ],
-    );
+    let out =
+        server.ssh_output(&rsa, &["-o", "PubkeyAcceptedAlgorithms=rsa-sha2-256", &server.destination("dev"), "true"]);
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -449,46 +276,25 @@ fn refused_target_fails_that_tunnel_only() {
     let server = server(&dir, &[&key]);
     let echo = EchoServer::start();
     let closed = free_port(); // nothing listens here
-    let (mut ssh, ports) = server.tunnel(
-        &key,
-        &[("127.0.0.1", closed), ("127.0.0.1", echo.addr.port())],
-        &[],
-    );
+    let (mut ssh, ports) = server.tunnel(&key, &[("127.0.0.1", closed), ("127.0.0.1", echo.addr.port())], &[]);
 
     let mut stream = connect_retry(local(ports[0]));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut buf = [0u8; 1];
-    assert_eq!(
-        stream.read(&mut buf).unwrap_or(0),
-        0,
-        "a refused tunnel must close the local connection"
-    );
+    assert_eq!(stream.read(&mut buf).unwrap_or(0), 0, "a refused tunnel must close the local connection");
     let line = ssh
         .stderr()
         .wait_for(READY, |l| l.contains("open failed"))
         .unwrap_or_else(|| panic!("ssh printed no failure:\n{}", ssh.stderr().text()));
     assert!(line.contains("connect failed"), "{line}");
-    assert!(
-        line.contains(&format!("connect to 127.0.0.1:{closed}")),
-        "{line}"
-    );
+    assert!(line.contains(&format!("connect to 127.0.0.1:{closed}")), "{line}");
     assert!(line.to_lowercase().contains("refused"), "{line}");
-    server.wait_event("tunnel.failed", |e| {
-        e["destination"] == format!("127.0.0.1:{closed}")
-    });
+    server.wait_event("tunnel.failed", |e| e["destination"] == format!("127.0.0.1:{closed}"));
 
     // Same connection, other tunnel: unaffected.
-    assert!(
-        ssh.is_running(),
-        "the SSH session ended after a failed tunnel"
-    );
+    assert!(ssh.is_running(), "the SSH session ended after a failed tunnel");
     let data = pattern(MIB, 3);
-    assert_eq!(
-        checksum(&echo_round_trip(local(ports[1]), &data)),
-        checksum(&data)
-    );
+    assert_eq!(checksum(&echo_round_trip(local(ports[1]), &data)), checksum(&data));
 }
 
 #[test]
@@ -503,19 +309,12 @@ fn unreachable_target_times_out_with_a_reason() {
         .start();
     let (ssh, ports) = server.tunnel(&key, &[("127.0.0.1", addr.port())], &[]);
     let mut stream = connect_retry(local(ports[0]));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut buf = [0u8; 1];
     assert_eq!(stream.read(&mut buf).unwrap_or(0), 0);
-    let line = ssh
-        .stderr()
-        .wait_for(READY, |l| l.contains("open failed"))
-        .unwrap_or_else(|| ssh.stderr().text());
+    let line = ssh.stderr().wait_for(READY, |l| l.contains("open failed")).unwrap_or_else(|| ssh.stderr().text());
     assert!(line.contains("timed out after 1s"), "{line}");
-    server.wait_event("tunnel.failed", |e| {
-        e["reason"].as_str().unwrap_or("").contains("timed out")
-    });
+    server.wait_event("tunnel.failed", |e| e["reason"].as_str().unwrap_or("").contains("timed out"));
 }
 
 /// A loopback listener that never accepts, with its accept queue full: the
@@ -546,8 +345,7 @@ fn dynamic_forward_socks_reaches_the_target() {
     let echo = EchoServer::start();
     let port = free_port();
     let mut cmd = server.ssh(&key);
-    cmd.args(["-v", "-N", "-D", &format!("127.0.0.1:{port}")])
-        .arg(server.destination("dev"));
+    cmd.args(["-v", "-N", "-D", &format!("127.0.0.1:{port}")]).arg(server.destination("dev"));
     let ssh = Proc::spawn(cmd, Stdio::null());
     assert!(wait_forwards(&ssh, &[port]), "{}", ssh.stderr().text());
 
@@ -557,9 +355,7 @@ fn dynamic_forward_socks_reaches_the_target() {
     let mut back = Vec::new();
     stream.read_to_end(&mut back).unwrap();
     assert_eq!(back, b"through socks");
-    server.wait_event("tunnel.closed", |e| {
-        e["destination"] == echo.addr.to_string() && e["bytes_up"] == 13
-    });
+    server.wait_event("tunnel.closed", |e| e["destination"] == echo.addr.to_string() && e["bytes_up"] == 13);
 }
 
 /// `ssh -J bastion host`: the jump is a direct-tcpip channel to host:22.
@@ -574,14 +370,7 @@ fn jump_host_opens_an_ssh_session_behind_the_bastion() {
     let out = Command::new("ssh")
         .arg("-F")
         .arg(&config)
-        .args([
-            "-J",
-            &format!("jump@127.0.0.1:{port}"),
-            "-p",
-            &port,
-            "inner@127.0.0.1",
-            "true",
-        ])
+        .args(["-J", &format!("jump@127.0.0.1:{port}"), "-p", &port, "inner@127.0.0.1", "true"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -589,9 +378,7 @@ fn jump_host_opens_an_ssh_session_behind_the_bastion() {
     // The inner session authenticated through the jump and was refused its command.
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("commands are not run here"), "{stderr}");
-    server.wait_event("tunnel.opened", |e| {
-        e["destination"] == format!("127.0.0.1:{port}") && e["user"] == "jump"
-    });
+    server.wait_event("tunnel.opened", |e| e["destination"] == format!("127.0.0.1:{port}") && e["user"] == "jump");
     server.wait_event("auth.accepted", |e| e["user"] == "inner");
 }
 
@@ -620,11 +407,7 @@ fn tunnels_end_with_their_ssh_connection() {
     assert_eq!(saw_eof.recv_timeout(READY).unwrap(), b"hello");
 
     drop(ssh); // the client goes away without closing anything cleanly
-    assert_eq!(
-        saw_eof.recv_timeout(READY).unwrap(),
-        b"",
-        "the target did not see the tunnel end"
-    );
+    assert_eq!(saw_eof.recv_timeout(READY).unwrap(), b"", "the target did not see the tunnel end");
     let closed = server.wait_event("tunnel.closed", |_| true);
     assert_eq!(closed["bytes_up"], 5);
     assert_eq!(closed["bytes_down"], 0);

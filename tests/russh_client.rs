@@ -14,13 +14,8 @@ struct Pinned(PublicKey);
 impl client::Handler for Pinned {
     type Error = russh::Error;
 
-    async fn check_server_key(
-        &mut self,
-        key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(
-            matches!(key, PublicKeyOrCertificate::PublicKey { key, .. } if key.key_data() == self.0.key_data()),
-        )
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(matches!(key, PublicKeyOrCertificate::PublicKey { key, .. } if key.key_data() == self.0.key_data()))
     }
 }
 
@@ -33,45 +28,26 @@ async fn password_and_keyboard_interactive_requests_are_refused() {
     let host_key = PublicKey::from_openssh(&server.host_public_key).unwrap();
 
     let config = Arc::new(client::Config::default());
-    let mut session = client::connect(config.clone(), server.addr, Pinned(host_key.clone()))
-        .await
-        .unwrap();
-    let result = session
-        .authenticate_password("root", "hunter2")
-        .await
-        .unwrap();
+    let mut session = client::connect(config.clone(), server.addr, Pinned(host_key.clone())).await.unwrap();
+    let result = session.authenticate_password("root", "hunter2").await.unwrap();
     assert!(!result.success(), "password accepted");
-    let result = session
-        .authenticate_keyboard_interactive_start("root", None)
-        .await
-        .unwrap();
+    let result = session.authenticate_keyboard_interactive_start("root", None).await.unwrap();
     assert!(
-        matches!(
-            result,
-            client::KeyboardInteractiveAuthResponse::Failure { .. }
-        ),
+        matches!(result, client::KeyboardInteractiveAuthResponse::Failure { .. }),
         "keyboard-interactive not refused: {result:?}"
     );
 
     let refused = server.wait_event("auth.refused", |e| e["method"] == "password");
     assert_eq!(refused["user"], "root");
-    assert!(
-        !server.proc.stderr().text().contains("hunter2"),
-        "a password reached the log"
-    );
+    assert!(!server.proc.stderr().text().contains("hunter2"), "a password reached the log");
     server.wait_event("auth.refused", |e| e["method"] == "keyboard-interactive");
 
     // A fresh client still gets in with its key.
     let private = russh::keys::load_secret_key(&key.private, None).unwrap();
-    let mut session = client::connect(config, server.addr, Pinned(host_key))
-        .await
-        .unwrap();
+    let mut session = client::connect(config, server.addr, Pinned(host_key)).await.unwrap();
     let hash = session.best_supported_rsa_hash().await.unwrap().flatten();
     let result = session
-        .authenticate_publickey(
-            "alice",
-            russh::keys::PrivateKeyWithHashAlg::new(Arc::new(private), hash),
-        )
+        .authenticate_publickey("alice", russh::keys::PrivateKeyWithHashAlg::new(Arc::new(private), hash))
         .await
         .unwrap();
     assert!(result.success());

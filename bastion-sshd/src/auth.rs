@@ -6,6 +6,7 @@
 use russh::keys::{Algorithm, HashAlg, PublicKey};
 
 use crate::authorized_keys::{self, AuthorizedKeys};
+use crate::policy::KeyRights;
 
 /// Who is on the other end of an authenticated connection. Every audit event
 /// after authentication carries it.
@@ -22,6 +23,8 @@ pub struct Identity {
     pub comment: String,
     /// Where the key was listed, `source:line`.
     pub listed_at: String,
+    /// What this key may do with tunnels.
+    pub rights: KeyRights,
 }
 
 /// Why a public key was refused. The text goes to the audit log, never to the client.
@@ -32,17 +35,9 @@ pub struct Refusal {
 }
 
 /// Decides whether `key`, signing with `algorithm`, may log in as `user`.
-pub fn check(
-    keys: &AuthorizedKeys,
-    user: &str,
-    key: &PublicKey,
-    algorithm: &Algorithm,
-) -> Result<Identity, Refusal> {
+pub fn check(keys: &AuthorizedKeys, user: &str, key: &PublicKey, algorithm: &Algorithm) -> Result<Identity, Refusal> {
     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-    let refuse = |reason: String| Refusal {
-        fingerprint: fingerprint.clone(),
-        reason,
-    };
+    let refuse = |reason: String| Refusal { fingerprint: fingerprint.clone(), reason };
     let Some(entry) = keys.find(key) else {
         return Err(refuse("key is not in any authorized_keys source".into()));
     };
@@ -53,6 +48,7 @@ pub fn check(
         algorithm: algorithm.to_string(),
         comment: entry.comment.clone(),
         listed_at: format!("{}:{}", entry.source, entry.line),
+        rights: KeyRights::default(),
     })
 }
 
@@ -62,8 +58,7 @@ mod tests {
     use crate::authorized_keys::Source;
 
     const ALICE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMouBJPrRxxk89otV9qDvWqJZIuTKXmkT0BnxZbMGWgy alice@laptop";
-    const BOB: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBLNjqFsyl02Py/OK5ObyQ9dPhMKGctzBO+L2/xyVsEX bob";
+    const BOB: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBLNjqFsyl02Py/OK5ObyQ9dPhMKGctzBO+L2/xyVsEX bob";
 
     fn keys() -> AuthorizedKeys {
         let mut k = AuthorizedKeys::default();
@@ -85,10 +80,7 @@ mod tests {
     fn unknown_key_is_refused_with_its_fingerprint() {
         let bob = PublicKey::from_openssh(BOB).unwrap();
         let refusal = check(&keys(), "alice", &bob, &Algorithm::Ed25519).unwrap_err();
-        assert_eq!(
-            refusal.fingerprint,
-            bob.fingerprint(HashAlg::Sha256).to_string()
-        );
+        assert_eq!(refusal.fingerprint, bob.fingerprint(HashAlg::Sha256).to_string());
         assert!(refusal.reason.contains("not in any authorized_keys"));
     }
 

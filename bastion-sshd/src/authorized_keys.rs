@@ -86,11 +86,7 @@ impl AuthorizedKeys {
             let source = Source::File(path.clone());
             match std::fs::read(path) {
                 Ok(bytes) => this.add_text(source, &bytes),
-                Err(e) => this.unreadable.push(Problem {
-                    source,
-                    line: None,
-                    reason: format!("cannot read: {e}"),
-                }),
+                Err(e) => this.unreadable.push(Problem { source, line: None, reason: format!("cannot read: {e}") }),
             }
         }
         if let Some(text) = env_text {
@@ -107,39 +103,22 @@ impl AuthorizedKeys {
                 Ok(None) => {}
                 Ok(Some(key)) => {
                     if let Some(first) = self.find(&key) {
-                        let reason =
-                            format!("duplicate of {} line {}; ignored", first.source, first.line);
-                        self.skipped.push(Problem {
-                            source: source.clone(),
-                            line: Some(line),
-                            reason,
-                        });
+                        let reason = format!("duplicate of {} line {}; ignored", first.source, first.line);
+                        self.skipped.push(Problem { source: source.clone(), line: Some(line), reason });
                         continue;
                     }
                     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
                     let comment = key.comment().as_str_lossy().to_string();
-                    self.keys.push(AuthorizedKey {
-                        key,
-                        fingerprint,
-                        comment,
-                        source: source.clone(),
-                        line,
-                    });
+                    self.keys.push(AuthorizedKey { key, fingerprint, comment, source: source.clone(), line });
                 }
-                Err(reason) => self.skipped.push(Problem {
-                    source: source.clone(),
-                    line: Some(line),
-                    reason,
-                }),
+                Err(reason) => self.skipped.push(Problem { source: source.clone(), line: Some(line), reason }),
             }
         }
     }
 
     /// The entry for this key, compared by key material (never by comment).
     pub fn find(&self, key: &PublicKey) -> Option<&AuthorizedKey> {
-        self.keys
-            .iter()
-            .find(|k| k.key.key_data() == key.key_data())
+        self.keys.iter().find(|k| k.key.key_data() == key.key_data())
     }
 
     pub fn keys(&self) -> &[AuthorizedKey] {
@@ -158,25 +137,16 @@ impl AuthorizedKeys {
 /// One line: `Ok(None)` for blanks and comments, `Err(reason)` for anything unusable.
 fn parse_line(raw: &[u8], first: bool) -> Result<Option<PublicKey>, String> {
     if raw.len() > MAX_LINE_BYTES {
-        return Err(format!(
-            "line is {} bytes, longer than the {MAX_LINE_BYTES} allowed",
-            raw.len()
-        ));
+        return Err(format!("line is {} bytes, longer than the {MAX_LINE_BYTES} allowed", raw.len()));
     }
     let text = std::str::from_utf8(raw).map_err(|_| "not valid UTF-8 text".to_string())?;
-    let text = if first {
-        text.trim_start_matches('\u{feff}')
-    } else {
-        text
-    };
+    let text = if first { text.trim_start_matches('\u{feff}') } else { text };
     let text = text.trim();
     if text.is_empty() || text.starts_with('#') {
         return Ok(None);
     }
     let entry: Entry = text.parse().map_err(|e| {
-        format!(
-            "not an authorized_keys line ({e}); expected `[options] key-type base64-key [comment]`"
-        )
+        format!("not an authorized_keys line ({e}); expected `[options] key-type base64-key [comment]`")
     })?;
     if !entry.config_opts().is_empty() {
         // Options (restrict, permitopen=, from=, …) restrict a key. Until they
@@ -197,10 +167,9 @@ pub fn check_key_type(key: &PublicKey) -> Result<(), String> {
     match key.key_data() {
         KeyData::Ed25519(_) | KeyData::Ecdsa(_) => Ok(()),
         KeyData::Rsa(rsa) if rsa.key_size() >= MIN_RSA_BITS => Ok(()),
-        KeyData::Rsa(rsa) => Err(format!(
-            "RSA key of {} bits is too small; at least {MIN_RSA_BITS} bits are required",
-            rsa.key_size()
-        )),
+        KeyData::Rsa(rsa) => {
+            Err(format!("RSA key of {} bits is too small; at least {MIN_RSA_BITS} bits are required", rsa.key_size()))
+        }
         KeyData::Dsa(_) => Err("DSA keys are not accepted (broken, removed from OpenSSH)".into()),
         KeyData::Certificate(_) => Err("certificates do not belong in authorized_keys; \
                                        list the CA with cert-authority instead (not supported yet)"
@@ -228,8 +197,7 @@ mod tests {
     use super::*;
 
     const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMouBJPrRxxk89otV9qDvWqJZIuTKXmkT0BnxZbMGWgy alice@laptop";
-    const ED2: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBLNjqFsyl02Py/OK5ObyQ9dPhMKGctzBO+L2/xyVsEX";
+    const ED2: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBLNjqFsyl02Py/OK5ObyQ9dPhMKGctzBO+L2/xyVsEX";
 
     fn parse(text: &str) -> AuthorizedKeys {
         let mut k = AuthorizedKeys::default();
@@ -249,22 +217,13 @@ mod tests {
 
     #[test]
     fn bad_lines_are_skipped_with_source_line_and_reason() {
-        let k = parse(&format!(
-            "{ED}\nnot a key\n\u{0}\u{1}\nssh-ed25519 AAAA!!!\n{ED}\n"
-        ));
+        let k = parse(&format!("{ED}\nnot a key\n\u{0}\u{1}\nssh-ed25519 AAAA!!!\n{ED}\n"));
         assert_eq!(k.len(), 1);
         let lines: Vec<_> = k.skipped.iter().map(|p| p.line.unwrap()).collect();
         assert_eq!(lines, vec![2, 3, 4, 5]);
         let shown = k.skipped[0].to_string();
-        assert!(
-            shown.starts_with("BASTION_AUTHORIZED_KEYS line 2: not an authorized_keys line"),
-            "{shown}"
-        );
-        assert!(
-            k.skipped[3]
-                .reason
-                .contains("duplicate of BASTION_AUTHORIZED_KEYS line 1")
-        );
+        assert!(shown.starts_with("BASTION_AUTHORIZED_KEYS line 2: not an authorized_keys line"), "{shown}");
+        assert!(k.skipped[3].reason.contains("duplicate of BASTION_AUTHORIZED_KEYS line 1"));
     }
 
     #[test]
@@ -282,11 +241,7 @@ mod tests {
     fn options_are_refused_until_enforced() {
         let k = parse(&format!("restrict,permitopen=\"db:5432\" {ED}"));
         assert!(k.is_empty());
-        assert!(
-            k.skipped[0].reason.contains("not supported yet"),
-            "{}",
-            k.skipped[0].reason
-        );
+        assert!(k.skipped[0].reason.contains("not supported yet"), "{}", k.skipped[0].reason);
     }
 
     #[test]
@@ -295,39 +250,21 @@ mod tests {
         let rsa1024 = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDUIG9lERphchKK97dCU8ew5ZDS+AR293mVO+mCMkvXlQgHjbWRT0StJgozIvHhW/C/UUPJMFyVyGjd0DwWEYqdLvMSIP02mkjGwZrewtEJlZf5NLipzd+rq3GRTU4pg1AD84w0lP8bqelo4BrbJ9Xj+98PRWbAnl7Ln9txRC0e7w== small";
         let k = parse(rsa1024);
         assert!(k.is_empty());
-        assert!(
-            k.skipped[0].reason.contains("1024 bits is too small"),
-            "{}",
-            k.skipped[0].reason
-        );
+        assert!(k.skipped[0].reason.contains("1024 bits is too small"), "{}", k.skipped[0].reason);
     }
 
     #[test]
     fn unreadable_file_is_reported() {
         let k = AuthorizedKeys::load(&[PathBuf::from("/nonexistent/authorized_keys")], None);
         assert_eq!(k.unreadable.len(), 1);
-        assert!(
-            k.unreadable[0]
-                .to_string()
-                .starts_with("/nonexistent/authorized_keys: cannot read")
-        );
+        assert!(k.unreadable[0].to_string().starts_with("/nonexistent/authorized_keys: cannot read"));
     }
 
     #[test]
     fn sha1_rsa_signatures_are_refused() {
         assert!(check_signature_algorithm(&Algorithm::Rsa { hash: None }).is_err());
-        assert!(
-            check_signature_algorithm(&Algorithm::Rsa {
-                hash: Some(HashAlg::Sha256)
-            })
-            .is_ok()
-        );
-        assert!(
-            check_signature_algorithm(&Algorithm::Rsa {
-                hash: Some(HashAlg::Sha512)
-            })
-            .is_ok()
-        );
+        assert!(check_signature_algorithm(&Algorithm::Rsa { hash: Some(HashAlg::Sha256) }).is_ok());
+        assert!(check_signature_algorithm(&Algorithm::Rsa { hash: Some(HashAlg::Sha512) }).is_ok());
         assert!(check_signature_algorithm(&Algorithm::Ed25519).is_ok());
     }
 }

@@ -3,18 +3,13 @@
 
 use crate::cli::ServerArgs;
 use crate::config::{Listen, Loaded};
+use crate::policy::{DENIED_V4, DENIED_V6, PermitList};
 
 /// Prints the report to stdout; returns whether the configuration is clean.
 pub fn run(args: &ServerArgs) -> bool {
     let loaded = Loaded::load(args);
     let mut problems: Vec<String> = loaded.fatal_errors();
-    problems.extend(
-        loaded
-            .authorized_keys
-            .skipped
-            .iter()
-            .map(|p| format!("authorized keys {p} (line skipped)")),
-    );
+    problems.extend(loaded.authorized_keys.skipped.iter().map(|p| format!("authorized keys {p} (line skipped)")));
 
     match &loaded.listen {
         Listen::Default => println!("listen: [::]:22 (default; 0.0.0.0:22 where IPv6 is off)"),
@@ -25,9 +20,7 @@ pub fn run(args: &ServerArgs) -> bool {
         }
     }
     if loaded.host_keys.is_empty() && loaded.host_key_errors.is_empty() {
-        println!(
-            "host key: none configured; an ephemeral key would be generated at every start (clients will warn)"
-        );
+        println!("host key: none configured; an ephemeral key would be generated at every start (clients will warn)");
     }
     for key in &loaded.host_keys {
         println!("host key: {} from {}", key.describe(), key.source);
@@ -35,23 +28,21 @@ pub fn run(args: &ServerArgs) -> bool {
     }
     println!("authorized keys: {}", loaded.authorized_keys.len());
     for key in loaded.authorized_keys.keys() {
-        println!(
-            "  {} {} {} ({} line {})",
-            key.fingerprint,
-            key.key_type(),
-            key.comment,
-            key.source,
-            key.line
-        );
+        println!("  {} {} {} ({} line {})", key.fingerprint, key.key_type(), key.comment, key.source, key.line);
     }
-    println!(
-        "connect timeout: {}",
-        humantime::format_duration(args.connect_timeout)
-    );
-    println!(
-        "login grace time: {}",
-        humantime::format_duration(args.login_grace_time)
-    );
+    match &loaded.policy.global {
+        PermitList::Any => println!("permit open: any host and port outside the denied ranges"),
+        PermitList::Only(rules) => {
+            println!("permit open: only these (denied ranges still need an entry naming them):");
+            for rule in rules {
+                println!("  {rule}");
+            }
+        }
+    }
+    let denied: Vec<&str> = DENIED_V4.iter().chain(DENIED_V6).map(|(net, _)| *net).collect();
+    println!("denied ranges: {}", denied.join(", "));
+    println!("connect timeout: {}", humantime::format_duration(args.connect_timeout));
+    println!("login grace time: {}", humantime::format_duration(args.login_grace_time));
     if problems.is_empty() {
         println!("OK: no problems found");
         true

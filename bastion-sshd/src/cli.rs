@@ -67,34 +67,27 @@ pub enum Command {
 pub struct ServerArgs {
     /// Address to listen on (repeatable, or comma separated in the env var).
     /// Default: [::]:22, dual-stack (IPv6 and IPv4); falls back to 0.0.0.0:22 where IPv6 is off.
-    #[arg(
-        long = "listen",
-        value_name = "ADDR",
-        env = "BASTION_LISTEN",
-        value_delimiter = ','
-    )]
+    #[arg(long = "listen", value_name = "ADDR", env = "BASTION_LISTEN", value_delimiter = ',')]
     pub listen: Vec<SocketAddr>,
 
     /// OpenSSH private host key file (repeatable, or comma separated in the env var).
     /// Ed25519 or ECDSA. Without any host key an ephemeral Ed25519 key is generated at
     /// every start, and clients see a new host key each time.
-    #[arg(
-        long = "host-key",
-        value_name = "PATH",
-        env = "BASTION_HOST_KEY_FILE",
-        value_delimiter = ','
-    )]
+    #[arg(long = "host-key", value_name = "PATH", env = "BASTION_HOST_KEY_FILE", value_delimiter = ',')]
     pub host_keys: Vec<PathBuf>,
 
     /// OpenSSH authorized_keys file (repeatable, or comma separated in the env var).
     /// Any user name is accepted for a listed key; the name is logged, not trusted.
-    #[arg(
-        long = "authorized-keys",
-        value_name = "PATH",
-        env = "BASTION_AUTHORIZED_KEYS_FILE",
-        value_delimiter = ','
-    )]
+    #[arg(long = "authorized-keys", value_name = "PATH", env = "BASTION_AUTHORIZED_KEYS_FILE", value_delimiter = ',')]
     pub authorized_keys: Vec<PathBuf>,
+
+    /// Destinations tunnels may reach (repeatable, or comma separated): host:port, host:*,
+    /// *:port, CIDR:port, [IPv6]:port. Default: any host and port outside the denied ranges
+    /// (loopback, unspecified, link-local including the ECS credentials endpoint 169.254.170.2
+    /// and EC2 IMDS, fd00:ec2::/32, multicast, broadcast). A denied address is reachable only
+    /// through an entry naming that address, or a range inside its block.
+    #[arg(long = "permit-open", value_name = "HOST:PORT", env = "BASTION_PERMIT_OPEN", value_delimiter = ',')]
+    pub permit_open: Vec<String>,
 
     /// How long to wait for a tunnel target to resolve and accept the TCP connection.
     #[arg(long, value_name = "DURATION", env = "BASTION_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -110,22 +103,12 @@ pub struct ServerArgs {
     pub keepalive_interval: Duration,
 
     /// Disconnect a client after this many unanswered keepalives (OpenSSH ClientAliveCountMax).
-    #[arg(
-        long,
-        value_name = "N",
-        env = "BASTION_KEEPALIVE_MAX",
-        default_value_t = 3
-    )]
+    #[arg(long, value_name = "N", env = "BASTION_KEEPALIVE_MAX", default_value_t = 3)]
     pub keepalive_max: usize,
 
     /// Name shown to users in the session banner and used in the logged known_hosts line,
     /// normally the DNS name users connect to.
-    #[arg(
-        long,
-        value_name = "NAME",
-        env = "BASTION_NAME",
-        default_value = "bastion"
-    )]
+    #[arg(long, value_name = "NAME", env = "BASTION_NAME", default_value = "bastion")]
     pub name: String,
 }
 
@@ -154,12 +137,7 @@ pub struct KeygenArgs {
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
     /// Address of the server to check.
-    #[arg(
-        long,
-        value_name = "ADDR",
-        env = "BASTION_HEALTHCHECK_ADDR",
-        default_value = "127.0.0.1:22"
-    )]
+    #[arg(long, value_name = "ADDR", env = "BASTION_HEALTHCHECK_ADDR", default_value = "127.0.0.1:22")]
     pub addr: SocketAddr,
 
     /// Give up after this long.
@@ -191,8 +169,7 @@ mod tests {
 
     #[test]
     fn durations_accept_units() {
-        let cli =
-            Cli::try_parse_from(["bastion-sshd", "run", "--connect-timeout", "500ms"]).unwrap();
+        let cli = Cli::try_parse_from(["bastion-sshd", "run", "--connect-timeout", "500ms"]).unwrap();
         match cli.command {
             Some(Command::Run { server, .. }) => {
                 assert_eq!(server.connect_timeout, Duration::from_millis(500))

@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use crate::authorized_keys::AuthorizedKeys;
 use crate::cli::{ENV_AUTHORIZED_KEYS_TEXT, ENV_HOST_KEY_TEXT, ServerArgs};
 use crate::hostkey::{self, HostKey, HostKeyError, Source};
+use crate::policy::{PermitList, Policy};
 
 /// Port used when no `--listen` is given.
 pub const DEFAULT_PORT: u16 = 22;
@@ -35,29 +36,27 @@ pub struct Loaded {
     pub host_keys: Vec<HostKey>,
     pub host_key_errors: Vec<HostKeyError>,
     pub authorized_keys: AuthorizedKeys,
+    /// The destination policy (`--permit-open`).
+    pub policy: Policy,
+    /// Bad `--permit-open` entries.
+    pub policy_errors: Vec<String>,
 }
 
 impl Loaded {
     pub fn load(args: &ServerArgs) -> Self {
         let env_host_key = non_empty_env(ENV_HOST_KEY_TEXT);
         let env_keys = non_empty_env(ENV_AUTHORIZED_KEYS_TEXT);
-        let (host_keys, host_key_errors) =
-            match hostkey::load(&args.host_keys, env_host_key.as_deref()) {
-                Ok(keys) => (keys, Vec::new()),
-                Err(errors) => (Vec::new(), errors),
-            };
-        let authorized_keys = AuthorizedKeys::load(&args.authorized_keys, env_keys.as_deref());
-        let listen = if args.listen.is_empty() {
-            Listen::Default
-        } else {
-            Listen::Explicit(args.listen.clone())
+        let (host_keys, host_key_errors) = match hostkey::load(&args.host_keys, env_host_key.as_deref()) {
+            Ok(keys) => (keys, Vec::new()),
+            Err(errors) => (Vec::new(), errors),
         };
-        Self {
-            listen,
-            host_keys,
-            host_key_errors,
-            authorized_keys,
-        }
+        let authorized_keys = AuthorizedKeys::load(&args.authorized_keys, env_keys.as_deref());
+        let listen = if args.listen.is_empty() { Listen::Default } else { Listen::Explicit(args.listen.clone()) };
+        let (policy, policy_errors) = match PermitList::parse_list(&args.permit_open.join(",")) {
+            Ok(global) => (Policy { global }, Vec::new()),
+            Err(e) => (Policy::default(), vec![format!("--permit-open / BASTION_PERMIT_OPEN: {e}")]),
+        };
+        Self { listen, host_keys, host_key_errors, authorized_keys, policy, policy_errors }
     }
 
     /// Problems that stop the server from starting: a bad host key (the
@@ -65,12 +64,8 @@ impl Loaded {
     /// should work would not), or no usable key at all (nobody could log in).
     pub fn fatal_errors(&self) -> Vec<String> {
         let mut errors: Vec<String> = self.host_key_errors.iter().map(|e| e.to_string()).collect();
-        errors.extend(
-            self.authorized_keys
-                .unreadable
-                .iter()
-                .map(|p| format!("authorized keys {p}")),
-        );
+        errors.extend(self.policy_errors.iter().cloned());
+        errors.extend(self.authorized_keys.unreadable.iter().map(|p| format!("authorized keys {p}")));
         if self.authorized_keys.is_empty() {
             errors.push(format!(
                 "no usable authorized key: give --authorized-keys PATH (or BASTION_AUTHORIZED_KEYS_FILE) \
@@ -83,13 +78,7 @@ impl Loaded {
     /// Host keys to serve with: the configured ones, or a new ephemeral key.
     pub fn host_keys_or_ephemeral(&mut self) -> (Vec<HostKey>, bool) {
         if self.host_keys.is_empty() {
-            (
-                vec![HostKey {
-                    key: hostkey::generate(),
-                    source: Source::Ephemeral,
-                }],
-                true,
-            )
+            (vec![HostKey { key: hostkey::generate(), source: Source::Ephemeral }], true)
         } else {
             (std::mem::take(&mut self.host_keys), false)
         }

@@ -9,16 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use russh::keys::{Certificate, HashAlg};
-use russh::server::{
-    Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
-};
+use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::auth::{self, Identity};
 use crate::authorized_keys::AuthorizedKeys;
-use crate::policy::{Decision, Policy, Target};
+use crate::policy::{Decision, Policy, SystemResolver, Target};
 use crate::{session, tunnel};
 
 /// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED: the client prints our reason after it.
@@ -87,17 +85,11 @@ impl ConnectionHandler {
     }
 
     fn user(&self) -> &str {
-        self.identity
-            .as_ref()
-            .map(|i| i.user.as_str())
-            .unwrap_or("")
+        self.identity.as_ref().map(|i| i.user.as_str()).unwrap_or("")
     }
 
     fn fingerprint(&self) -> &str {
-        self.identity
-            .as_ref()
-            .map(|i| i.fingerprint.as_str())
-            .unwrap_or("")
+        self.identity.as_ref().map(|i| i.fingerprint.as_str()).unwrap_or("")
     }
 
     /// Audit event for a refused request on an authenticated connection.
@@ -129,12 +121,7 @@ impl ConnectionHandler {
     }
 
     /// Ends a session channel the way a finished remote command would.
-    fn finish_session(
-        &mut self,
-        channel: ChannelId,
-        session: &mut Session,
-        status: u32,
-    ) -> Result<(), russh::Error> {
+    fn finish_session(&mut self, channel: ChannelId, session: &mut Session, status: u32) -> Result<(), russh::Error> {
         self.sessions.remove(&channel);
         session.exit_status_request(channel, status)?;
         session.eof(channel)?;
@@ -144,12 +131,7 @@ impl ConnectionHandler {
     /// Refuses `exec` / `subsystem`: the request "succeeds" so that the client
     /// shows our one-line reason and exits 1, instead of OpenSSH's generic
     /// "exec request failed" and exit 255. Nothing is ever run.
-    fn refuse_command(
-        &mut self,
-        channel: ChannelId,
-        session: &mut Session,
-        message: &str,
-    ) -> Result<(), russh::Error> {
+    fn refuse_command(&mut self, channel: ChannelId, session: &mut Session, message: &str) -> Result<(), russh::Error> {
         session.channel_success(channel)?;
         session.extended_data(channel, STDERR, message.as_bytes().to_vec())?;
         self.finish_session(channel, session, session::REFUSED_EXIT_STATUS)
@@ -157,10 +139,7 @@ impl ConnectionHandler {
 
     /// Refuses a channel type we never serve.
     async fn refuse_channel(&self, kind: &str, reply: ChannelOpenHandle) {
-        self.refuse_request(
-            kind,
-            "only direct-tcpip (ssh -L/-D/-J) and session channels are served",
-        );
+        self.refuse_request(kind, "only direct-tcpip (ssh -L/-D/-J) and session channels are served");
         reply
             .reject(ChannelOpenFailure::Other {
                 code: OPEN_PROHIBITED,
@@ -172,9 +151,7 @@ impl ConnectionHandler {
 
 fn lossy(bytes: &[u8], max: usize) -> String {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]);
-    text.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 impl Handler for ConnectionHandler {
@@ -201,17 +178,8 @@ impl Handler for ConnectionHandler {
 
     /// The default accepts every offered key, which tells a prober which keys
     /// exist and costs a signature check; answer only for listed keys.
-    async fn auth_publickey_offered(
-        &mut self,
-        user: &str,
-        offer: PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
-        match auth::check(
-            &self.shared.authorized_keys,
-            user,
-            offer.public_key,
-            offer.algorithm,
-        ) {
+    async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+        match auth::check(&self.shared.authorized_keys, user, offer.public_key, offer.algorithm) {
             Ok(_) => Ok(Auth::Accept),
             Err(refusal) => {
                 info!(
@@ -232,17 +200,8 @@ impl Handler for ConnectionHandler {
         }
     }
 
-    async fn auth_publickey(
-        &mut self,
-        user: &str,
-        key: VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
-        match auth::check(
-            &self.shared.authorized_keys,
-            user,
-            key.public_key,
-            key.algorithm,
-        ) {
+    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        match auth::check(&self.shared.authorized_keys, user, key.public_key, key.algorithm) {
             Ok(identity) => {
                 info!(
                     target: "audit",
@@ -277,11 +236,7 @@ impl Handler for ConnectionHandler {
         }
     }
 
-    async fn auth_openssh_certificate(
-        &mut self,
-        user: &str,
-        certificate: &Certificate,
-    ) -> Result<Auth, Self::Error> {
+    async fn auth_openssh_certificate(&mut self, user: &str, certificate: &Certificate) -> Result<Auth, Self::Error> {
         info!(
             target: "audit",
             event = "auth.refused",
@@ -339,11 +294,7 @@ impl Handler for ConnectionHandler {
         }
     }
 
-    async fn shell_request(
-        &mut self,
-        channel: ChannelId,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
         let Some(state) = self.sessions.get(&channel) else {
             return session.channel_failure(channel);
         };
@@ -377,15 +328,8 @@ impl Handler for ConnectionHandler {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_request(
-            "subsystem",
-            &format!("subsystem {:?} not available", lossy(name.as_bytes(), 100)),
-        );
-        self.refuse_command(
-            channel,
-            session,
-            &session::subsystem_refused(&lossy(name.as_bytes(), 100)),
-        )
+        self.refuse_request("subsystem", &format!("subsystem {:?} not available", lossy(name.as_bytes(), 100)));
+        self.refuse_command(channel, session, &session::subsystem_refused(&lossy(name.as_bytes(), 100)))
     }
 
     async fn env_request(
@@ -412,11 +356,7 @@ impl Handler for ConnectionHandler {
         session.channel_failure(channel)
     }
 
-    async fn agent_request(
-        &mut self,
-        _channel: ChannelId,
-        _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
+    async fn agent_request(&mut self, _channel: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
         self.refuse_request("auth-agent-req", "agent forwarding is not allowed");
         Ok(false)
     }
@@ -429,25 +369,15 @@ impl Handler for ConnectionHandler {
     ) -> Result<bool, Self::Error> {
         self.refuse_request(
             "tcpip-forward",
-            &format!(
-                "remote forwarding (ssh -R {}:{port}) is not allowed",
-                lossy(address.as_bytes(), 100)
-            ),
+            &format!("remote forwarding (ssh -R {}:{port}) is not allowed", lossy(address.as_bytes(), 100)),
         );
         Ok(false)
     }
 
-    async fn streamlocal_forward(
-        &mut self,
-        socket_path: &str,
-        _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
+    async fn streamlocal_forward(&mut self, socket_path: &str, _session: &mut Session) -> Result<bool, Self::Error> {
         self.refuse_request(
             "streamlocal-forward",
-            &format!(
-                "remote socket forwarding ({}) is not allowed",
-                lossy(socket_path.as_bytes(), 100)
-            ),
+            &format!("remote socket forwarding ({}) is not allowed", lossy(socket_path.as_bytes(), 100)),
         );
         Ok(false)
     }
@@ -500,144 +430,36 @@ impl Handler for ConnectionHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.tunnels_requested += 1;
-        let tunnel = format!("{}.{}", self.conn.id, self.tunnels_requested);
-        let originator = format!(
-            "{}:{originator_port}",
-            lossy(originator_address.as_bytes(), 64)
-        );
         let Some(identity) = self.identity.clone() else {
             // russh only opens channels after authentication; be explicit anyway.
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             return Ok(());
         };
-        let refuse = |target: &str, reason: &str| {
-            info!(
-                target: "audit",
-                event = "tunnel.refused",
-                conn = %self.conn.id,
-                tunnel = %tunnel,
-                peer = %self.conn.peer,
-                user = %identity.user,
-                fingerprint = %identity.fingerprint,
-                originator = %originator,
-                destination = target,
-                reason,
-                "tunnel {tunnel} to {target} refused: {reason}"
-            );
+        let log = TunnelLog {
+            conn: self.conn.clone(),
+            tunnel: format!("{}.{}", self.conn.id, self.tunnels_requested),
+            identity,
+            originator: format!("{}:{originator_port}", lossy(originator_address.as_bytes(), 64)),
         };
         let target = match Target::parse(host_to_connect, port_to_connect) {
             Ok(target) => target,
             Err(reason) => {
-                let shown = format!(
-                    "{}:{port_to_connect}",
-                    lossy(host_to_connect.as_bytes(), 300)
-                );
-                refuse(&shown, &reason);
-                reply
-                    .reject(ChannelOpenFailure::Other {
-                        code: OPEN_PROHIBITED,
-                        reason,
-                    })
-                    .await;
+                log.refused(&format!("{}:{port_to_connect}", lossy(host_to_connect.as_bytes(), 300)), &reason);
+                reply.reject(ChannelOpenFailure::Other { code: OPEN_PROHIBITED, reason }).await;
                 return Ok(());
             }
         };
-        if let Decision::Deny(reason) = self.shared.policy.decide(&identity, &target) {
-            refuse(&target.to_string(), &reason);
-            reply
-                .reject(ChannelOpenFailure::Other {
-                    code: OPEN_PROHIBITED,
-                    reason,
-                })
-                .await;
-            return Ok(());
-        }
         // Resolving and connecting can take up to the connect timeout: never
         // inside this callback, which would stall every channel of the connection.
-        let timeout = self.shared.connect_timeout;
-        let conn = self.conn.clone();
-        let (closer, mut closed) = oneshot::channel();
+        let shared = self.shared.clone();
+        let (closer, closed) = oneshot::channel();
         self.tunnel_closers.retain(|_, c| !c.is_closed()); // forget finished tunnels
         self.tunnel_closers.insert(channel.id(), closer);
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let (stream, resolved) = match tunnel::connect(&target, timeout).await {
-                Ok(connected) => connected,
-                Err(reason) => {
-                    info!(
-                        target: "audit",
-                        event = "tunnel.failed",
-                        conn = %conn.id,
-                        tunnel = %tunnel,
-                        peer = %conn.peer,
-                        user = %identity.user,
-                        fingerprint = %identity.fingerprint,
-                        originator = %originator,
-                        destination = %target,
-                        reason = %reason,
-                        "tunnel {tunnel} to {target} failed: {reason}"
-                    );
-                    reply
-                        .reject(ChannelOpenFailure::Other {
-                            code: OPEN_CONNECT_FAILED,
-                            reason,
-                        })
-                        .await;
-                    return;
-                }
-            };
-            reply.accept().await;
-            info!(
-                target: "audit",
-                event = "tunnel.opened",
-                conn = %conn.id,
-                tunnel = %tunnel,
-                peer = %conn.peer,
-                user = %identity.user,
-                fingerprint = %identity.fingerprint,
-                originator = %originator,
-                destination = %target,
-                resolved = %resolved,
-                "tunnel {tunnel} opened to {target} ({resolved})"
-            );
-            let transfer = tunnel::Transfer::default();
-            let (ended_by, error) = tokio::select! {
-                error = tunnel::relay(channel.into_stream(), stream, &transfer) => match error {
-                    None => ("both sides finished", None),
-                    Some(e) => ("error", Some(e.to_string())),
-                },
-                _ = &mut closed => ("client closed the channel or the connection", None),
-            };
-            info!(
-                target: "audit",
-                event = "tunnel.closed",
-                conn = %conn.id,
-                tunnel = %tunnel,
-                peer = %conn.peer,
-                user = %identity.user,
-                fingerprint = %identity.fingerprint,
-                originator = %originator,
-                destination = %target,
-                resolved = %resolved,
-                bytes_up = transfer.up(),
-                bytes_down = transfer.down(),
-                duration_ms = started.elapsed().as_millis() as u64,
-                ended_by,
-                error,
-                "tunnel {tunnel} to {target} closed: {} bytes up, {} bytes down", transfer.up(), transfer.down()
-            );
-        });
+        tokio::spawn(open_tunnel(shared, log, target, channel, reply, closed));
         Ok(())
     }
 
-    async fn data(
-        &mut self,
-        channel: ChannelId,
-        data: &[u8],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn data(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
         if self.sessions.contains_key(&channel) && session::wants_close(data) {
             info!(target: "audit", event = "session.closed", conn = %self.conn.id, user = %self.user(), "session closed by Ctrl-C/Ctrl-D");
             self.finish_session(channel, session, 0)?;
@@ -645,12 +467,144 @@ impl Handler for ConnectionHandler {
         Ok(())
     }
 
-    async fn channel_close(
-        &mut self,
-        channel: ChannelId,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
         self.sessions.remove(&channel);
         Ok(())
     }
+}
+
+/// Who and what a tunnel's audit events are about.
+struct TunnelLog {
+    conn: Connection,
+    /// `c12.3`: the third tunnel of connection c12.
+    tunnel: String,
+    identity: Identity,
+    /// The client-side address `ssh` reports for the forwarded connection.
+    originator: String,
+}
+
+impl TunnelLog {
+    fn refused(&self, destination: &str, reason: &str) {
+        info!(
+            target: "audit",
+            event = "tunnel.refused",
+            conn = %self.conn.id,
+            tunnel = %self.tunnel,
+            peer = %self.conn.peer,
+            user = %self.identity.user,
+            fingerprint = %self.identity.fingerprint,
+            originator = %self.originator,
+            destination,
+            reason,
+            "tunnel {} to {destination} refused: {reason}", self.tunnel
+        );
+    }
+
+    fn failed(&self, destination: &Target, reason: &str) {
+        info!(
+            target: "audit",
+            event = "tunnel.failed",
+            conn = %self.conn.id,
+            tunnel = %self.tunnel,
+            peer = %self.conn.peer,
+            user = %self.identity.user,
+            fingerprint = %self.identity.fingerprint,
+            originator = %self.originator,
+            destination = %destination,
+            reason,
+            "tunnel {} to {destination} failed: {reason}", self.tunnel
+        );
+    }
+
+    fn opened(&self, destination: &Target, resolved: SocketAddr) {
+        info!(
+            target: "audit",
+            event = "tunnel.opened",
+            conn = %self.conn.id,
+            tunnel = %self.tunnel,
+            peer = %self.conn.peer,
+            user = %self.identity.user,
+            fingerprint = %self.identity.fingerprint,
+            originator = %self.originator,
+            destination = %destination,
+            resolved = %resolved,
+            "tunnel {} opened to {destination} ({resolved})", self.tunnel
+        );
+    }
+
+    fn closed(
+        &self,
+        destination: &Target,
+        resolved: SocketAddr,
+        transfer: &tunnel::Transfer,
+        started: Instant,
+        ended_by: &str,
+        error: Option<String>,
+    ) {
+        info!(
+            target: "audit",
+            event = "tunnel.closed",
+            conn = %self.conn.id,
+            tunnel = %self.tunnel,
+            peer = %self.conn.peer,
+            user = %self.identity.user,
+            fingerprint = %self.identity.fingerprint,
+            originator = %self.originator,
+            destination = %destination,
+            resolved = %resolved,
+            bytes_up = transfer.up(),
+            bytes_down = transfer.down(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            ended_by,
+            error,
+            "tunnel {} to {destination} closed: {} bytes up, {} bytes down", self.tunnel, transfer.up(), transfer.down()
+        );
+    }
+}
+
+/// Decides, connects and relays one tunnel; runs in its own task.
+async fn open_tunnel(
+    shared: Arc<Shared>,
+    log: TunnelLog,
+    target: Target,
+    channel: Channel<Msg>,
+    reply: ChannelOpenHandle,
+    mut closed: oneshot::Receiver<()>,
+) {
+    let started = Instant::now();
+    let timeout = shared.connect_timeout;
+    let resolver = SystemResolver { timeout };
+    let addrs = match shared.policy.decide(&log.identity.rights, &target, &resolver).await {
+        Decision::Allow(addrs) => addrs,
+        Decision::Deny(reason) => {
+            log.refused(&target.to_string(), &reason);
+            reply.reject(ChannelOpenFailure::Other { code: OPEN_PROHIBITED, reason }).await;
+            return;
+        }
+        Decision::Unresolved(reason) => {
+            log.failed(&target, &reason);
+            reply.reject(ChannelOpenFailure::Other { code: OPEN_CONNECT_FAILED, reason }).await;
+            return;
+        }
+    };
+    let deadline = tokio::time::Instant::from_std(started) + timeout;
+    let (stream, resolved) = match tunnel::connect(&target, &addrs, deadline, timeout).await {
+        Ok(connected) => connected,
+        Err(reason) => {
+            log.failed(&target, &reason);
+            reply.reject(ChannelOpenFailure::Other { code: OPEN_CONNECT_FAILED, reason }).await;
+            return;
+        }
+    };
+    reply.accept().await;
+    log.opened(&target, resolved);
+    let transfer = tunnel::Transfer::default();
+    let (ended_by, error) = tokio::select! {
+        error = tunnel::relay(channel.into_stream(), stream, &transfer) => match error {
+            None => ("both sides finished", None),
+            Some(e) => ("error", Some(e.to_string())),
+        },
+        _ = &mut closed => ("client closed the channel or the connection", None),
+    };
+    log.closed(&target, resolved, &transfer, started, ended_by, error);
 }

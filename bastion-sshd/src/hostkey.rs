@@ -67,33 +67,17 @@ pub fn load(files: &[PathBuf], env_text: Option<&str>) -> Result<Vec<HostKey>, V
     let mut errors = Vec::new();
     for path in files {
         match read_file(path).and_then(|text| parse(&text)) {
-            Ok(key) => keys.push(HostKey {
-                key,
-                source: Source::File(path.clone()),
-            }),
-            Err(reason) => errors.push(HostKeyError {
-                source: Source::File(path.clone()),
-                reason,
-            }),
+            Ok(key) => keys.push(HostKey { key, source: Source::File(path.clone()) }),
+            Err(reason) => errors.push(HostKeyError { source: Source::File(path.clone()), reason }),
         }
     }
     if let Some(text) = env_text {
         match parse(text) {
-            Ok(key) => keys.push(HostKey {
-                key,
-                source: Source::Env,
-            }),
-            Err(reason) => errors.push(HostKeyError {
-                source: Source::Env,
-                reason,
-            }),
+            Ok(key) => keys.push(HostKey { key, source: Source::Env }),
+            Err(reason) => errors.push(HostKeyError { source: Source::Env, reason }),
         }
     }
-    if errors.is_empty() {
-        Ok(keys)
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(keys) } else { Err(errors) }
 }
 
 fn read_file(path: &Path) -> Result<String, String> {
@@ -106,11 +90,9 @@ pub fn parse(text: &str) -> Result<PrivateKey, String> {
         format!("not an OpenSSH private key ({e}); expected the text of a key written by `ssh-keygen` or `bastion-sshd keygen`")
     })?;
     if key.is_encrypted() {
-        return Err(
-            "the key is encrypted with a passphrase, which a server cannot type; \
+        return Err("the key is encrypted with a passphrase, which a server cannot type; \
                     remove it with `ssh-keygen -p -N '' -f FILE`"
-                .into(),
-        );
+            .into());
     }
     match key.key_data() {
         KeypairData::Ed25519(_) | KeypairData::Ecdsa(_) => Ok(key),
@@ -138,19 +120,10 @@ pub fn generate() -> PrivateKey {
 pub fn describe_public(key: &PublicKey) -> String {
     let (bits, kind) = match key.algorithm() {
         Algorithm::Ed25519 => (256, "ED25519"),
-        Algorithm::Ecdsa {
-            curve: EcdsaCurve::NistP256,
-        } => (256, "ECDSA"),
-        Algorithm::Ecdsa {
-            curve: EcdsaCurve::NistP384,
-        } => (384, "ECDSA"),
-        Algorithm::Ecdsa {
-            curve: EcdsaCurve::NistP521,
-        } => (521, "ECDSA"),
-        Algorithm::Rsa { .. } => (
-            key.key_data().rsa().map(|k| k.key_size()).unwrap_or(0),
-            "RSA",
-        ),
+        Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 } => (256, "ECDSA"),
+        Algorithm::Ecdsa { curve: EcdsaCurve::NistP384 } => (384, "ECDSA"),
+        Algorithm::Ecdsa { curve: EcdsaCurve::NistP521 } => (521, "ECDSA"),
+        Algorithm::Rsa { .. } => (key.key_data().rsa().map(|k| k.key_size()).unwrap_or(0), "RSA"),
         _ => (0, "OTHER"),
     };
     format!("{bits} {} ({kind})", key.fingerprint(HashAlg::Sha256))
@@ -191,19 +164,9 @@ mod tests {
 
     #[test]
     fn errors_name_their_source() {
-        let errs = load(&[PathBuf::from("/nonexistent/key")], Some("junk"))
-            .err()
-            .unwrap();
+        let errs = load(&[PathBuf::from("/nonexistent/key")], Some("junk")).err().unwrap();
         assert_eq!(errs.len(), 2);
-        assert!(
-            errs[0]
-                .to_string()
-                .starts_with("host key /nonexistent/key: cannot read")
-        );
-        assert!(
-            errs[1]
-                .to_string()
-                .starts_with("host key BASTION_HOST_KEY: not an OpenSSH")
-        );
+        assert!(errs[0].to_string().starts_with("host key /nonexistent/key: cannot read"));
+        assert!(errs[1].to_string().starts_with("host key BASTION_HOST_KEY: not an OpenSSH"));
     }
 }

@@ -56,16 +56,10 @@ fn main() -> ExitCode {
 
 fn serve(args: cli::ServerArgs, log_format: Option<cli::LogFormat>) -> ExitCode {
     logging::init(log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(
-                event = "server.error",
-                "cannot start the async runtime: {e}"
-            );
+            tracing::error!(event = "server.error", "cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -24,7 +24,6 @@ use crate::cli::ServerArgs;
 use crate::config::{Listen, Loaded};
 use crate::handler::{Connection, ConnectionHandler, Shared};
 use crate::hostkey::HostKey;
-use crate::policy::Policy;
 
 /// The identification string. It names the product, not the SSH library or
 /// its version, so that scanners learn nothing to match against advisories.
@@ -45,13 +44,8 @@ const KEX: &[kex::Name] = &[
 ];
 
 /// AEAD ciphers first; CTR only with encrypt-then-MAC below.
-const CIPHERS: &[cipher::Name] = &[
-    cipher::CHACHA20_POLY1305,
-    cipher::AES_256_GCM,
-    cipher::AES_128_GCM,
-    cipher::AES_256_CTR,
-    cipher::AES_128_CTR,
-];
+const CIPHERS: &[cipher::Name] =
+    &[cipher::CHACHA20_POLY1305, cipher::AES_256_GCM, cipher::AES_128_GCM, cipher::AES_256_CTR, cipher::AES_128_CTR];
 
 /// Encrypt-then-MAC only.
 const MACS: &[mac::Name] = &[mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM];
@@ -59,21 +53,11 @@ const MACS: &[mac::Name] = &[mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM];
 /// Host and user key algorithms, also sent as `server-sig-algs`: no `ssh-rsa` (SHA-1).
 const KEY_ALGORITHMS: &[Algorithm] = &[
     Algorithm::Ed25519,
-    Algorithm::Ecdsa {
-        curve: russh::keys::EcdsaCurve::NistP256,
-    },
-    Algorithm::Ecdsa {
-        curve: russh::keys::EcdsaCurve::NistP384,
-    },
-    Algorithm::Ecdsa {
-        curve: russh::keys::EcdsaCurve::NistP521,
-    },
-    Algorithm::Rsa {
-        hash: Some(russh::keys::HashAlg::Sha512),
-    },
-    Algorithm::Rsa {
-        hash: Some(russh::keys::HashAlg::Sha256),
-    },
+    Algorithm::Ecdsa { curve: russh::keys::EcdsaCurve::NistP256 },
+    Algorithm::Ecdsa { curve: russh::keys::EcdsaCurve::NistP384 },
+    Algorithm::Ecdsa { curve: russh::keys::EcdsaCurve::NistP521 },
+    Algorithm::Rsa { hash: Some(russh::keys::HashAlg::Sha512) },
+    Algorithm::Rsa { hash: Some(russh::keys::HashAlg::Sha256) },
 ];
 
 /// Per-connection settings that are not part of russh's config.
@@ -121,10 +105,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         for e in &fatal {
             error!(event = "config.error", "{e}");
         }
-        anyhow::bail!(
-            "configuration has {} error(s); run `bastion-sshd check-config` for details",
-            fatal.len()
-        );
+        anyhow::bail!("configuration has {} error(s); run `bastion-sshd check-config` for details", fatal.len());
     }
     let (host_keys, ephemeral) = loaded.host_keys_or_ephemeral();
     if ephemeral {
@@ -152,13 +133,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let config = Arc::new(russh_config(&args, &host_keys));
     let shared = Arc::new(Shared {
         authorized_keys: std::mem::take(&mut loaded.authorized_keys),
-        policy: Policy::default(),
+        policy: loaded.policy.clone(),
         connect_timeout: args.connect_timeout,
         name: args.name.clone(),
     });
-    let limits = Arc::new(Limits {
-        login_grace_time: args.login_grace_time,
-    });
+    let limits = Arc::new(Limits { login_grace_time: args.login_grace_time });
 
     let listeners = bind_all(&loaded.listen)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -182,17 +161,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     drop(done_tx);
 
     let signal = wait_for_signal().await?;
-    info!(
-        event = "server.stopping",
-        signal, "{signal} received: no new connections, closing the open ones"
-    );
+    info!(event = "server.stopping", signal, "{signal} received: no new connections, closing the open ones");
     let _ = shutdown_tx.send(true);
     match tokio::time::timeout(SHUTDOWN_GRACE, done_rx.recv()).await {
         Ok(_) => info!(event = "server.stopped", "all connections closed"),
-        Err(_) => warn!(
-            event = "server.stopped",
-            "connections still open after {SHUTDOWN_GRACE:?}; exiting anyway"
-        ),
+        Err(_) => warn!(event = "server.stopped", "connections still open after {SHUTDOWN_GRACE:?}; exiting anyway"),
     }
     Ok(())
 }
@@ -214,10 +187,7 @@ fn bind_all(listen: &Listen) -> anyhow::Result<Vec<TcpListener>> {
         Listen::Default => match bind(Listen::default_dual_stack(), false) {
             Ok(l) => vec![l],
             Err(e) => {
-                warn!(
-                    event = "server.ipv6_unavailable",
-                    "cannot listen on [::]:22 ({e}); listening on IPv4 only"
-                );
+                warn!(event = "server.ipv6_unavailable", "cannot listen on [::]:22 ({e}); listening on IPv4 only");
                 vec![bind(Listen::default_ipv4(), false).context("listen on 0.0.0.0:22")?]
             }
         },
@@ -226,9 +196,7 @@ fn bind_all(listen: &Listen) -> anyhow::Result<Vec<TcpListener>> {
             .map(|addr| {
                 // `[::]:P` also takes IPv4, unless `0.0.0.0:P` is listed too.
                 let v6only = !addr.ip().is_unspecified()
-                    || addrs
-                        .iter()
-                        .any(|o| o.is_ipv4() && o.ip().is_unspecified() && o.port() == addr.port());
+                    || addrs.iter().any(|o| o.is_ipv4() && o.ip().is_unspecified() && o.port() == addr.port());
                 bind(*addr, v6only).with_context(|| format!("listen on {addr}"))
             })
             .collect::<anyhow::Result<_>>()?,
@@ -310,16 +278,7 @@ impl ConnectionTask {
         let local = stream.local_addr().unwrap_or(peer);
         let _ = stream.set_nodelay(true);
         info!(target: "audit", event = "connection.accepted", conn = %id, peer = %peer, local = %local, "connection {id} from {peer}");
-        let reason = self
-            .serve(
-                stream,
-                Connection {
-                    id: id.clone(),
-                    peer,
-                    local,
-                },
-            )
-            .await;
+        let reason = self.serve(stream, Connection { id: id.clone(), peer, local }).await;
         info!(
             target: "audit",
             event = "connection.closed",
@@ -412,23 +371,10 @@ mod tests {
 
     #[test]
     fn only_publickey_is_advertised_and_sha1_is_not_offered() {
-        let args = <crate::cli::Cli as clap::Parser>::try_parse_from(["bastion-sshd"])
-            .unwrap()
-            .run;
+        let args = <crate::cli::Cli as clap::Parser>::try_parse_from(["bastion-sshd"]).unwrap().run;
         let config = russh_config(&args, &[]);
         assert_eq!(&*config.methods, &[MethodKind::PublicKey]);
-        assert!(
-            !config
-                .preferred
-                .key
-                .contains(&Algorithm::Rsa { hash: None })
-        );
-        assert!(
-            config
-                .preferred
-                .compression
-                .iter()
-                .all(|c| c.as_ref() == "none")
-        );
+        assert!(!config.preferred.key.contains(&Algorithm::Rsa { hash: None }));
+        assert!(config.preferred.compression.iter().all(|c| c.as_ref() == "none"));
     }
 }

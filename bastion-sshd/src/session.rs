@@ -18,11 +18,7 @@ pub fn banner(name: &str, local: &str, crlf: bool) -> String {
          Your -L/-D forwards stay open while this session is open; no shell or command runs here.\n\
          Press Ctrl-C or Ctrl-D to close (next time, `ssh -N` skips this session).\n"
     );
-    if crlf {
-        text.replace('\n', "\r\n")
-    } else {
-        text
-    }
+    if crlf { text.replace('\n', "\r\n") } else { text }
 }
 
 /// The stderr line for `ssh host COMMAND`.
@@ -32,9 +28,7 @@ pub fn exec_refused() -> &'static str {
 
 /// The stderr line for `ssh -s host NAME`, `sftp`, `scp`.
 pub fn subsystem_refused(name: &str) -> String {
-    format!(
-        "bastion-sshd: subsystem {name:?} is not available; this bastion only forwards ports (ssh -N -L ...)\n"
-    )
+    format!("bastion-sshd: subsystem {name:?} is not available; this bastion only forwards ports (ssh -N -L ...)\n")
 }
 
 /// Does this input (from a session channel) ask to close it?
@@ -54,10 +48,7 @@ mod tests {
         assert!(b.contains("Ctrl-C or Ctrl-D"));
         assert!(!b.contains('\r'));
         let raw = banner("b", "l", true);
-        assert!(
-            raw.contains("\r\n") && !raw.replace("\r\n", "").contains('\n'),
-            "{raw:?}"
-        );
+        assert!(raw.contains("\r\n") && !raw.replace("\r\n", "").contains('\n'), "{raw:?}");
     }
 
     #[test]

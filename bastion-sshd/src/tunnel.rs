@@ -18,37 +18,33 @@ use crate::policy::Target;
 /// with room to spare, so one read fills a couple of SSH packets.
 const COPY_BUFFER: usize = 64 * 1024;
 
-/// Resolves `target` and connects to the first address that answers, all
-/// within `timeout`. Returns the socket (TCP_NODELAY set) and the address used.
-/// The error text is sent to the client, so it says what failed.
+/// Connects to the first of `addrs` that answers, before `deadline`
+/// (`timeout` after the request arrived, which the message names).
+/// Returns the socket (TCP_NODELAY set) and the address used. The error
+/// text is sent to the client, so it says what failed.
 pub async fn connect(
     target: &Target,
+    addrs: &[SocketAddr],
+    deadline: tokio::time::Instant,
     timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), String> {
     let attempt = async {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
-            .collect();
-        let mut last_error = format!("{} resolved to no address", target.host);
+        let mut last_error = format!("{target}: no address to connect to");
         for addr in addrs {
             match TcpStream::connect(addr).await {
                 Ok(stream) => {
                     // Interactive protocols (psql, ssh -J) pay for Nagle on every round trip.
                     let _ = stream.set_nodelay(true);
-                    return Ok((stream, addr));
+                    return Ok((stream, *addr));
                 }
                 Err(e) => last_error = format!("connect to {addr}: {e}"),
             }
         }
         Err(last_error)
     };
-    match tokio::time::timeout(timeout, attempt).await {
+    match tokio::time::timeout_at(deadline, attempt).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
-            "connect to {target} timed out after {}",
-            humantime::format_duration(timeout)
-        )),
+        Err(_) => Err(format!("connect to {target} timed out after {}", humantime::format_duration(timeout))),
     }
 }
 
@@ -82,17 +78,9 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut client = Counted {
-        inner: client,
-        read: &transfer.up,
-    };
-    let mut target = Counted {
-        inner: target,
-        read: &transfer.down,
-    };
-    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut target, COPY_BUFFER, COPY_BUFFER)
-        .await
-        .err()
+    let mut client = Counted { inner: client, read: &transfer.up };
+    let mut target = Counted { inner: target, read: &transfer.down };
+    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut target, COPY_BUFFER, COPY_BUFFER).await.err()
 }
 
 /// Counts the bytes read through it.
@@ -102,25 +90,16 @@ struct Counted<'a, S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read
-            .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        self.read.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
         poll
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -145,11 +124,12 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         drop(listener);
         let target = Target::parse("127.0.0.1", port as u32).unwrap();
-        let err = connect(&target, Duration::from_secs(5)).await.unwrap_err();
-        assert!(
-            err.contains(&format!("connect to 127.0.0.1:{port}")),
-            "{err}"
-        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let err =
+            connect(&target, &[addr], tokio::time::Instant::now() + Duration::from_secs(5), Duration::from_secs(5))
+                .await
+                .unwrap_err();
+        assert!(err.contains(&format!("connect to 127.0.0.1:{port}")), "{err}");
         assert!(err.to_lowercase().contains("refused"), "{err}");
     }
 
@@ -162,12 +142,13 @@ mod tests {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut all = Vec::new();
             s.read_to_end(&mut all).await.unwrap();
-            s.write_all(format!("got {}", all.len()).as_bytes())
-                .await
-                .unwrap();
+            s.write_all(format!("got {}", all.len()).as_bytes()).await.unwrap();
         });
         let target = Target::parse("127.0.0.1", addr.port() as u32).unwrap();
-        let (target_stream, used) = connect(&target, Duration::from_secs(5)).await.unwrap();
+        let (target_stream, used) =
+            connect(&target, &[addr], tokio::time::Instant::now() + Duration::from_secs(5), Duration::from_secs(5))
+                .await
+                .unwrap();
         assert_eq!(used, addr);
 
         let (client_side, relay_side) = tokio::io::duplex(1024);

@@ -41,11 +41,7 @@ pub fn bastion_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> -> target/<profile>/bastion-sshd
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("bastion-sshd");
+    let path = exe.parent().and_then(Path::parent).expect("target dir").join("bastion-sshd");
     assert!(
         path.exists(),
         "{} is missing: build it first with `cargo build -p bastion-sshd` (the README's test command does)",
@@ -56,15 +52,10 @@ pub fn bastion_bin() -> PathBuf {
 
 /// Fails loudly if a tool the suite needs is not installed.
 pub fn require(tool: &str, package: &str) -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(tool))
-            .find(|p| p.is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(tool)).find(|p| p.is_file()));
     found.unwrap_or_else(|| {
-        panic!(
-            "`{tool}` is not installed: apt-get install {package} (the README's test command does)"
-        )
+        panic!("`{tool}` is not installed: apt-get install {package} (the README's test command does)")
     })
 }
 
@@ -94,9 +85,7 @@ impl Lines {
                 match reader.read_until(b'\n', &mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf)
-                            .trim_end_matches(['\r', '\n'])
-                            .to_string();
+                        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
                         writer.lines.lock().unwrap().0.push(line);
                         writer.changed.notify_all();
                     }
@@ -109,11 +98,7 @@ impl Lines {
     }
 
     /// Waits until a line matches; None if the pipe closed or time ran out first.
-    pub fn wait_for(
-        &self,
-        timeout: Duration,
-        mut pred: impl FnMut(&str) -> bool,
-    ) -> Option<String> {
+    pub fn wait_for(&self, timeout: Duration, mut pred: impl FnMut(&str) -> bool) -> Option<String> {
         let deadline = Instant::now() + timeout;
         let mut guard = self.lines.lock().unwrap();
         let mut seen = 0;
@@ -164,11 +149,7 @@ impl Proc {
             .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
         let stderr = Lines::spawn_reader(child.stderr.take().expect("stderr"));
         let stdout = Lines::spawn_reader(child.stdout.take().expect("stdout"));
-        Self {
-            child,
-            stderr,
-            stdout,
-        }
+        Self { child, stderr, stdout }
     }
 
     pub fn stderr(&self) -> &Lines {
@@ -201,13 +182,8 @@ impl Proc {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status();
-        assert!(
-            status.map(|s| s.success()).unwrap_or(false),
-            "kill -{signal} failed"
-        );
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -{signal} failed");
     }
 }
 
@@ -229,49 +205,24 @@ impl ClientKey {
     pub fn generate(dir: &Path, name: &str, kind: &str, bits: Option<u32>) -> Self {
         let private = dir.join(name);
         let mut cmd = Command::new("ssh-keygen");
-        cmd.args([
-            "-q",
-            "-t",
-            kind,
-            "-N",
-            "",
-            "-C",
-            &format!("{name}@test"),
-            "-f",
-        ])
-        .arg(&private);
+        cmd.args(["-q", "-t", kind, "-N", "", "-C", &format!("{name}@test"), "-f"]).arg(&private);
         if let Some(b) = bits {
             cmd.args(["-b", &b.to_string()]);
         }
         let out = cmd.output().expect("ssh-keygen");
-        assert!(
-            out.status.success(),
-            "ssh-keygen failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr));
         let public_line = std::fs::read_to_string(private.with_extension("pub"))
             .or_else(|_| std::fs::read_to_string(format!("{}.pub", private.display())))
             .expect("public key")
             .trim()
             .to_string();
-        Self {
-            private,
-            public_line,
-        }
+        Self { private, public_line }
     }
 
     /// `SHA256:…`, as `ssh-keygen -l` computes it.
     pub fn fingerprint(&self) -> String {
-        let out = Command::new("ssh-keygen")
-            .arg("-lf")
-            .arg(&self.private)
-            .output()
-            .expect("ssh-keygen -l");
-        String::from_utf8_lossy(&out.stdout)
-            .split(' ')
-            .nth(1)
-            .expect("fingerprint")
-            .to_string()
+        let out = Command::new("ssh-keygen").arg("-lf").arg(&self.private).output().expect("ssh-keygen -l");
+        String::from_utf8_lossy(&out.stdout).split(' ').nth(1).expect("fingerprint").to_string()
     }
 }
 
@@ -297,10 +248,7 @@ impl ServerBuilder {
             cmd.env_remove(var);
         }
         cmd.args(["run", "--log-format", "json"]);
-        Self {
-            cmd,
-            dir: dir.to_path_buf(),
-        }
+        Self { cmd, dir: dir.to_path_buf() }
     }
 
     pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Self {
@@ -326,19 +274,23 @@ impl ServerBuilder {
     /// `--listen` was given, and waits for the "listening" event.
     pub fn authorize(self, keys: &[&ClientKey]) -> Self {
         let path = self.dir.join(format!("authorized_keys.{}", unique()));
-        let text: String = keys
-            .iter()
-            .map(|k| format!("{}\n", k.public_line))
-            .collect();
+        let text: String = keys.iter().map(|k| format!("{}\n", k.public_line)).collect();
         std::fs::write(&path, text).unwrap();
         self.arg("--authorized-keys").arg(path)
     }
 
+    /// Starts the server. Unless the test set its own `--permit-open`, the
+    /// server may reach 127.0.0.1 (where the test's targets listen), which
+    /// the default policy denies.
     pub fn start(self) -> Server {
-        let listen_given = self.cmd.get_args().any(|a| a == "--listen");
+        let given = |flag: &str| self.cmd.get_args().any(|a| a == flag);
+        let (listen_given, permit_given) = (given("--listen"), given("--permit-open"));
         let mut cmd = self.cmd;
         if !listen_given {
             cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !permit_given {
+            cmd.args(["--permit-open", "127.0.0.1:*"]);
         }
         let proc = Proc::spawn(cmd, Stdio::null());
         let listening = proc
@@ -362,17 +314,9 @@ impl ServerBuilder {
         } else {
             vec![addr.ip().to_string()]
         };
-        let lines: String = hosts
-            .iter()
-            .map(|h| format!("[{h}]:{} {host_public_key}\n", addr.port()))
-            .collect();
+        let lines: String = hosts.iter().map(|h| format!("[{h}]:{} {host_public_key}\n", addr.port())).collect();
         std::fs::write(&known_hosts, lines).unwrap();
-        Server {
-            proc,
-            addr,
-            host_public_key,
-            known_hosts,
-        }
+        Server { proc, addr, host_public_key, known_hosts }
     }
 }
 
@@ -385,11 +329,7 @@ pub fn unique() -> u64 {
 
 /// The `event` field of a JSON log line.
 pub fn event(line: &str) -> Option<String> {
-    serde_json::from_str::<Value>(line)
-        .ok()?
-        .get("event")?
-        .as_str()
-        .map(str::to_string)
+    serde_json::from_str::<Value>(line).ok()?.get("event")?.as_str().map(str::to_string)
 }
 
 pub fn json(line: &str) -> Value {
@@ -402,27 +342,14 @@ impl Server {
         let line = self
             .proc
             .stderr()
-            .wait_for(READY, |l| {
-                event(l).as_deref() == Some(name) && pred(&json(l))
-            })
-            .unwrap_or_else(|| {
-                panic!(
-                    "no {name} event matched; server log:\n{}",
-                    self.proc.stderr().text()
-                )
-            });
+            .wait_for(READY, |l| event(l).as_deref() == Some(name) && pred(&json(l)))
+            .unwrap_or_else(|| panic!("no {name} event matched; server log:\n{}", self.proc.stderr().text()));
         json(&line)
     }
 
     /// All log events with this name so far.
     pub fn events(&self, name: &str) -> Vec<Value> {
-        self.proc
-            .stderr()
-            .all()
-            .iter()
-            .filter(|l| event(l).as_deref() == Some(name))
-            .map(|l| json(l))
-            .collect()
+        self.proc.stderr().all().iter().filter(|l| event(l).as_deref() == Some(name)).map(|l| json(l)).collect()
     }
 
     /// `ssh` with a clean configuration, pinned to this server's host key.
@@ -440,13 +367,7 @@ impl Server {
         ])
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
-        .args([
-            "-o",
-            "ConnectTimeout=20",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-i",
-        ])
+        .args(["-o", "ConnectTimeout=20", "-o", "ExitOnForwardFailure=yes", "-i"])
         .arg(&key.private)
         .args(["-p", &self.addr.port().to_string()]);
         cmd
@@ -454,11 +375,7 @@ impl Server {
 
     /// `user@host` for this server.
     pub fn destination(&self, user: &str) -> String {
-        if self.addr.ip().is_unspecified() {
-            format!("{user}@127.0.0.1")
-        } else {
-            format!("{user}@{}", self.addr.ip())
-        }
+        if self.addr.ip().is_unspecified() { format!("{user}@127.0.0.1") } else { format!("{user}@{}", self.addr.ip()) }
     }
 
     /// Runs `ssh … ARGS` to completion.
@@ -470,19 +387,13 @@ impl Server {
 
     /// `ssh -N -L …` with one or more forwards `(target host, target port)`;
     /// returns the client and the local port of each forward once all listen.
-    pub fn tunnel(
-        &self,
-        key: &ClientKey,
-        targets: &[(&str, u16)],
-        extra: &[&str],
-    ) -> (Proc, Vec<u16>) {
+    pub fn tunnel(&self, key: &ClientKey, targets: &[(&str, u16)], extra: &[&str]) -> (Proc, Vec<u16>) {
         for _attempt in 0..5 {
             let ports: Vec<u16> = targets.iter().map(|_| free_port()).collect();
             let mut cmd = self.ssh(key);
             cmd.args(["-v", "-N"]).args(extra);
             for ((host, port), local) in targets.iter().zip(&ports) {
-                cmd.arg("-L")
-                    .arg(format!("127.0.0.1:{local}:{host}:{port}"));
+                cmd.arg("-L").arg(format!("127.0.0.1:{local}:{host}:{port}"));
             }
             cmd.arg(self.destination("tunnel"));
             let proc = Proc::spawn(cmd, Stdio::null());
@@ -501,6 +412,18 @@ impl Server {
     }
 }
 
+/// Connects to a local forward whose tunnel the bastion refuses: the
+/// connection closes without data, and ssh prints the reason; returns that line.
+pub fn refused_line(ssh: &Proc, local_port: u16, needle: &str) -> String {
+    let mut stream = connect_retry(SocketAddr::from(([127, 0, 0, 1], local_port)));
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(stream.read(&mut buf).unwrap_or(0), 0, "a refused tunnel carried data");
+    ssh.stderr()
+        .wait_for(READY, |l| l.contains("open failed") && l.contains(needle))
+        .unwrap_or_else(|| panic!("no refusal mentioning {needle:?}; ssh said:\n{}", ssh.stderr().text()))
+}
+
 /// Waits until `ssh -v` has set up every local forward. OpenSSH prints
 /// "Local forwarding listening on …" just *before* bind(2) and listen(2), so
 /// readiness is "Entering interactive session.", which client_loop prints
@@ -509,29 +432,21 @@ impl Server {
 pub fn wait_forwards(proc: &Proc, ports: &[u16]) -> bool {
     let announced = ports.iter().all(|port| {
         let needle = format!("Local forwarding listening on 127.0.0.1 port {port}.");
-        proc.stderr()
-            .wait_for(READY, |l| l.contains(&needle))
-            .is_some()
+        proc.stderr().wait_for(READY, |l| l.contains(&needle)).is_some()
     });
-    announced
-        && proc
-            .stderr()
-            .wait_for(READY, |l| l.contains("Entering interactive session."))
-            .is_some()
+    announced && proc.stderr().wait_for(READY, |l| l.contains("Entering interactive session.")).is_some()
 }
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// An echo server: sends back everything, and half-closes after the client does.
 pub struct EchoServer {
     pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl EchoServer {
@@ -543,9 +458,12 @@ impl EchoServer {
     pub fn start_with_greeting(greeting: Option<&'static [u8]>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = connections.clone();
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 thread::spawn(move || {
                     if let Some(g) = greeting {
                         let _ = stream.write_all(g);
@@ -556,7 +474,11 @@ impl EchoServer {
                 });
             }
         });
-        Self { addr }
+        Self { addr, connections }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -577,9 +499,7 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 /// answer, half-closes, and returns everything that came back.
 pub fn echo_round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     let mut stream = connect_retry(addr);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut writer = stream.try_clone().unwrap();
     let owned = data.to_vec();
     let sender = thread::spawn(move || {
@@ -596,20 +516,15 @@ pub fn connect_retry(addr: SocketAddr) -> TcpStream {
     TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap_or_else(|e| {
         let ss = Command::new("ss").args(["-tanpe"]).output().unwrap();
         let port = format!(":{}", addr.port());
-        let lines: Vec<_> = String::from_utf8_lossy(&ss.stdout)
-            .lines()
-            .filter(|l| l.contains(&port))
-            .map(str::to_string)
-            .collect();
+        let lines: Vec<_> =
+            String::from_utf8_lossy(&ss.stdout).lines().filter(|l| l.contains(&port)).map(str::to_string).collect();
         panic!("connect {addr}: {e}\nSS:\n{}", lines.join("\n"))
     })
 }
 
 /// A 64-bit FNV-1a checksum, to report mismatches compactly.
 pub fn checksum(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x100000001b3)
-    })
+    data.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
 }
 
 /// A PostgreSQL server in a temp directory on a free loopback port, stopped on drop.
@@ -623,12 +538,7 @@ impl Postgres {
         let data = dir.join("pgdata");
         if is_root() {
             // initdb refuses to run as root: the cluster belongs to `postgres`.
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir)
-                .status()
-                .unwrap()
-                .success();
+            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status().unwrap().success();
             assert!(ok, "chown {} to postgres failed", dir.display());
         }
         let out = pg_command("initdb")
@@ -637,11 +547,7 @@ impl Postgres {
             .args(["-U", "app", "--auth=trust", "--no-sync"])
             .output()
             .expect("initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         let port = free_port();
         let out = pg_command("pg_ctl")
             .arg("-D")
@@ -650,41 +556,25 @@ impl Postgres {
             .arg("-l")
             .arg(dir.join("pg.log"))
             .arg("-o")
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1",
-                dir.display()
-            ))
+            .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display()))
             .arg("start")
             .output()
             .expect("pg_ctl");
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr));
         Self { port, data }
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = pg_command("pg_ctl")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "immediate", "stop"])
-            .output();
+        let _ = pg_command("pg_ctl").arg("-D").arg(&self.data).args(["-m", "immediate", "stop"]).output();
     }
 }
 
 /// A PostgreSQL server tool, run as `postgres` when the tests run as root.
 fn pg_command(tool: &str) -> Command {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path().join("bin"))
-                .filter(|p| p.join("initdb").exists())
-                .collect()
-        })
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).collect())
         .unwrap_or_default();
     versions.sort();
     let bin = versions
@@ -700,18 +590,12 @@ fn pg_command(tool: &str) -> Command {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
 /// Opens `target` through a SOCKS5 proxy (`ssh -D`), as curl or a browser would.
 pub fn socks5_connect(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
-    let SocketAddr::V4(v4) = target else {
-        panic!("IPv4 targets only")
-    };
+    let SocketAddr::V4(v4) = target else { panic!("IPv4 targets only") };
     let mut s = connect_retry(proxy);
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(&[5, 1, 0]).unwrap(); // version 5, one method: no authentication
@@ -724,11 +608,7 @@ pub fn socks5_connect(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
     s.write_all(&request).unwrap();
     let mut reply = [0u8; 10];
     s.read_exact(&mut reply).unwrap();
-    assert_eq!(
-        reply[1], 0,
-        "SOCKS CONNECT to {target} failed with code {}",
-        reply[1]
-    );
+    assert_eq!(reply[1], 0, "SOCKS CONNECT to {target} failed with code {}", reply[1]);
     s
 }
 

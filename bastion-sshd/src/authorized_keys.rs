@@ -6,9 +6,10 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use russh::keys::ssh_key::authorized_keys::Entry;
 use russh::keys::ssh_key::public::KeyData;
 use russh::keys::{Algorithm, HashAlg, PublicKey};
+
+use crate::options::{self, KeyOptions};
 
 /// Smallest RSA modulus accepted, in bits (OpenSSH's RequiredRSASize default is 1024; NIST says 2048).
 pub const MIN_RSA_BITS: u32 = 2048;
@@ -42,6 +43,8 @@ pub struct AuthorizedKey {
     pub comment: String,
     pub source: Source,
     pub line: usize,
+    /// The line's options (`restrict`, `permitopen=`, `from=`, `cert-authority`, …).
+    pub options: KeyOptions,
 }
 
 impl AuthorizedKey {
@@ -101,24 +104,27 @@ impl AuthorizedKeys {
             let line = index + 1;
             match parse_line(raw, index == 0) {
                 Ok(None) => {}
-                Ok(Some(key)) => {
-                    if let Some(first) = self.find(&key) {
+                Ok(Some((key, options))) => {
+                    if let Some(first) = self.keys.iter().find(|k| {
+                        k.key.key_data() == key.key_data() && k.options.cert_authority == options.cert_authority
+                    }) {
                         let reason = format!("duplicate of {} line {}; ignored", first.source, first.line);
                         self.skipped.push(Problem { source: source.clone(), line: Some(line), reason });
                         continue;
                     }
                     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
                     let comment = key.comment().as_str_lossy().to_string();
-                    self.keys.push(AuthorizedKey { key, fingerprint, comment, source: source.clone(), line });
+                    self.keys.push(AuthorizedKey { key, fingerprint, comment, source: source.clone(), line, options });
                 }
                 Err(reason) => self.skipped.push(Problem { source: source.clone(), line: Some(line), reason }),
             }
         }
     }
 
-    /// The entry for this key, compared by key material (never by comment).
+    /// The login entry for this key, compared by key material (never by
+    /// comment). A `cert-authority` line never logs in with its own key.
     pub fn find(&self, key: &PublicKey) -> Option<&AuthorizedKey> {
-        self.keys.iter().find(|k| k.key.key_data() == key.key_data())
+        self.keys.iter().find(|k| !k.options.cert_authority && k.key.key_data() == key.key_data())
     }
 
     pub fn keys(&self) -> &[AuthorizedKey] {
@@ -135,7 +141,7 @@ impl AuthorizedKeys {
 }
 
 /// One line: `Ok(None)` for blanks and comments, `Err(reason)` for anything unusable.
-fn parse_line(raw: &[u8], first: bool) -> Result<Option<PublicKey>, String> {
+fn parse_line(raw: &[u8], first: bool) -> Result<Option<(PublicKey, KeyOptions)>, String> {
     if raw.len() > MAX_LINE_BYTES {
         return Err(format!("line is {} bytes, longer than the {MAX_LINE_BYTES} allowed", raw.len()));
     }
@@ -145,21 +151,18 @@ fn parse_line(raw: &[u8], first: bool) -> Result<Option<PublicKey>, String> {
     if text.is_empty() || text.starts_with('#') {
         return Ok(None);
     }
-    let entry: Entry = text.parse().map_err(|e| {
+    let (field, key_text) = options::split_line(text);
+    // The key first: if there is none, the line is not what the operator
+    // thinks it is, whatever its first word looks like.
+    let key = PublicKey::from_openssh(key_text).map_err(|e| {
         format!("not an authorized_keys line ({e}); expected `[options] key-type base64-key [comment]`")
     })?;
-    if !entry.config_opts().is_empty() {
-        // Options (restrict, permitopen=, from=, …) restrict a key. Until they
-        // are enforced, a line that carries them is refused rather than
-        // accepted with its restrictions silently ignored.
-        return Err(format!(
-            "key options are not supported yet (`{}`); line skipped so that no restriction is silently ignored",
-            entry.config_opts().as_str()
-        ));
-    }
-    let key = entry.public_key().clone();
+    let options = match field {
+        Some(field) => KeyOptions::parse(field)?,
+        None => KeyOptions::default(),
+    };
     check_key_type(&key)?;
-    Ok(Some(key))
+    Ok(Some((key, options)))
 }
 
 /// Accepts Ed25519, ECDSA (P-256/384/521) and RSA of at least [`MIN_RSA_BITS`].
@@ -172,7 +175,7 @@ pub fn check_key_type(key: &PublicKey) -> Result<(), String> {
         }
         KeyData::Dsa(_) => Err("DSA keys are not accepted (broken, removed from OpenSSH)".into()),
         KeyData::Certificate(_) => Err("certificates do not belong in authorized_keys; \
-                                       list the CA with cert-authority instead (not supported yet)"
+                                       list the CA's public key with the cert-authority option instead"
             .into()),
         other => Err(format!(
             "{} keys are not supported; use ssh-ed25519, ecdsa-sha2-nistp256/384/521 or RSA >= {MIN_RSA_BITS} bits",
@@ -238,10 +241,21 @@ mod tests {
     }
 
     #[test]
-    fn options_are_refused_until_enforced() {
-        let k = parse(&format!("restrict,permitopen=\"db:5432\" {ED}"));
-        assert!(k.is_empty());
-        assert!(k.skipped[0].reason.contains("not supported yet"), "{}", k.skipped[0].reason);
+    fn options_are_parsed_and_bad_options_skip_the_line() {
+        let k = parse(&format!("restrict,port-forwarding,permitopen=\"db:5432\" {ED}\nfrobnicate {ED2}\n"));
+        assert_eq!(k.len(), 1);
+        assert!(k.keys()[0].options.rights.port_forwarding);
+        assert_eq!(k.keys()[0].comment, "alice@laptop");
+        assert_eq!(k.skipped[0].line, Some(2));
+        assert!(k.skipped[0].reason.contains("unknown option \"frobnicate\""), "{}", k.skipped[0].reason);
+    }
+
+    #[test]
+    fn cert_authority_keys_do_not_log_in_themselves() {
+        let k = parse(&format!("cert-authority,principals=\"ops\" {ED}"));
+        assert_eq!(k.len(), 1);
+        let key = PublicKey::from_openssh(ED).unwrap();
+        assert!(k.find(&key).is_none());
     }
 
     #[test]

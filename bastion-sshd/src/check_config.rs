@@ -28,7 +28,11 @@ pub fn run(args: &ServerArgs) -> bool {
     }
     println!("authorized keys: {}", loaded.authorized_keys.len());
     for key in loaded.authorized_keys.keys() {
-        println!("  {} {} {} ({} line {})", key.fingerprint, key.key_type(), key.comment, key.source, key.line);
+        let role = if key.options.cert_authority { "CA for user certificates: " } else { "" };
+        println!("  {role}{} {} {} ({} line {})", key.fingerprint, key.key_type(), key.comment, key.source, key.line);
+        for line in key.options.describe() {
+            println!("    {line}");
+        }
     }
     match &loaded.policy.global {
         PermitList::Any => println!("permit open: any host and port outside the denied ranges"),

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use russh::keys::{Certificate, HashAlg};
 use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
@@ -179,7 +179,14 @@ impl Handler for ConnectionHandler {
     /// The default accepts every offered key, which tells a prober which keys
     /// exist and costs a signature check; answer only for listed keys.
     async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
-        match auth::check(&self.shared.authorized_keys, user, offer.public_key, offer.algorithm) {
+        match auth::check(
+            &self.shared.authorized_keys,
+            user,
+            offer.public_key,
+            offer.algorithm,
+            self.conn.peer.ip(),
+            SystemTime::now(),
+        ) {
             Ok(_) => Ok(Auth::Accept),
             Err(refusal) => {
                 info!(
@@ -201,7 +208,14 @@ impl Handler for ConnectionHandler {
     }
 
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
-        match auth::check(&self.shared.authorized_keys, user, key.public_key, key.algorithm) {
+        match auth::check(
+            &self.shared.authorized_keys,
+            user,
+            key.public_key,
+            key.algorithm,
+            self.conn.peer.ip(),
+            SystemTime::now(),
+        ) {
             Ok(identity) => {
                 info!(
                     target: "audit",

@@ -11,6 +11,7 @@ mod healthcheck;
 mod hostkey;
 mod keygen;
 mod logging;
+mod options;
 mod policy;
 mod server;
 mod session;

@@ -282,6 +282,13 @@ impl ServerBuilder {
     /// Starts the server. Unless the test set its own `--permit-open`, the
     /// server may reach 127.0.0.1 (where the test's targets listen), which
     /// the default policy denies.
+    /// Authorizes through a file with these exact lines (options, comments, junk).
+    pub fn authorized_lines(self, lines: &[String]) -> Self {
+        let path = self.dir.join(format!("authorized_keys.{}", unique()));
+        std::fs::write(&path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        self.arg("--authorized-keys").arg(path)
+    }
+
     pub fn start(self) -> Server {
         let given = |flag: &str| self.cmd.get_args().any(|a| a == flag);
         let (listen_given, permit_given) = (given("--listen"), given("--permit-open"));

@@ -59,6 +59,9 @@ fn default_policy_refuses_every_spelling_of_loopback_and_metadata() {
         assert!(line.contains("denied range"), "{host}: {line}");
     }
     assert_eq!(echo.connection_count(), 0, "the bastion connected to a denied target");
+    for (_, shown) in &spellings {
+        server.wait_event("tunnel.refused", |e| e["destination"] == shown.as_str());
+    }
     assert_eq!(server.events("tunnel.refused").len(), spellings.len());
     assert!(server.events("tunnel.opened").is_empty() && server.events("tunnel.failed").is_empty());
     let metadata =

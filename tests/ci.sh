@@ -22,6 +22,8 @@ for tool in "${!TOOLS[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${TOOLS[$tool]}")
 done
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   say "installing: ${missing[*]}"
@@ -42,6 +44,17 @@ if [[ $(id -u) -eq 0 ]]; then
   id postgres >/dev/null 2>&1 || die "running as root but there is no postgres user (apt-get install postgresql creates it)"
 fi
 
+# --- Python tools, pinned, in a venv inside target/ (never the system's) --------
+VENV=target/ci-venv
+SSH_AUDIT_VERSION=3.9.0
+if ! "$VENV/bin/ssh-audit" --help >/dev/null 2>&1 || ! "$VENV/bin/pip" show ssh-audit 2>/dev/null | grep -qx "Version: $SSH_AUDIT_VERSION"; then
+  say "installing ssh-audit $SSH_AUDIT_VERSION into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "ssh-audit==$SSH_AUDIT_VERSION"
+fi
+"$VENV/bin/ssh-audit" --help >/dev/null 2>&1 || die "ssh-audit did not install into $VENV"
+export PATH="$PWD/$VENV/bin:$PATH"
+
 # --- Rust toolchain ---------------------------------------------------------
 command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
@@ -49,7 +62,7 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   say "adding rustfmt and clippy"
   rustup component add rustfmt clippy
 fi
-say "toolchain: $(rustc --version); $(ssh -V 2>&1); $(psql --version)"
+say "toolchain: $(rustc --version); $(ssh -V 2>&1); $(psql --version); ssh-audit $SSH_AUDIT_VERSION"
 
 # --- checks -----------------------------------------------------------------
 say "cargo fmt --check"

@@ -106,6 +106,11 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N", env = "BASTION_KEEPALIVE_MAX", default_value_t = 3)]
     pub keepalive_max: usize,
 
+    /// Offer only the post-quantum key exchange (mlkem768x25519-sha256). Clients older than
+    /// OpenSSH 9.9 cannot connect; ssh-audit reports no warning at all.
+    #[arg(long, env = "BASTION_POST_QUANTUM_ONLY")]
+    pub post_quantum_only: bool,
+
     /// Name shown to users in the session banner and used in the logged known_hosts line,
     /// normally the DNS name users connect to.
     #[arg(long, value_name = "NAME", env = "BASTION_NAME", default_value = "bastion")]

@@ -33,8 +33,8 @@ const SERVER_ID: &str = "SSH-2.0-bastion";
 /// Below ECS's default 30 s stopTimeout.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Key exchange: post-quantum hybrid first, then curve25519. No finite-field
-/// DH (slow, DHEat) and no NIST ECDH.
+/// Key exchange: the post-quantum hybrid first, then curve25519 for OpenSSH
+/// clients older than 9.9. No finite-field DH (slow, DHEat) and no NIST ECDH.
 const KEX: &[kex::Name] = &[
     kex::MLKEM768X25519_SHA256,
     kex::CURVE25519,
@@ -43,9 +43,12 @@ const KEX: &[kex::Name] = &[
     kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
 ];
 
-/// AEAD ciphers first; CTR only with encrypt-then-MAC below.
-const CIPHERS: &[cipher::Name] =
-    &[cipher::CHACHA20_POLY1305, cipher::AES_256_GCM, cipher::AES_128_GCM, cipher::AES_256_CTR, cipher::AES_128_CTR];
+/// `--post-quantum-only`: clients without ML-KEM (OpenSSH < 9.9) cannot connect.
+const KEX_POST_QUANTUM_ONLY: &[kex::Name] =
+    &[kex::MLKEM768X25519_SHA256, kex::EXTENSION_SUPPORT_AS_SERVER, kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER];
+
+/// AEAD ciphers only: no CTR mode, so no MAC choice to get wrong.
+const CIPHERS: &[cipher::Name] = &[cipher::CHACHA20_POLY1305, cipher::AES_256_GCM, cipher::AES_128_GCM];
 
 /// Encrypt-then-MAC only.
 const MACS: &[mac::Name] = &[mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM];
@@ -83,7 +86,7 @@ fn russh_config(args: &ServerArgs, host_keys: &[HostKey]) -> Config {
         keepalive_max: args.keepalive_max,
         nodelay: true,
         preferred: Preferred {
-            kex: Cow::Borrowed(KEX),
+            kex: Cow::Borrowed(if args.post_quantum_only { KEX_POST_QUANTUM_ONLY } else { KEX }),
             key: Cow::Borrowed(KEY_ALGORITHMS),
             cipher: Cow::Borrowed(CIPHERS),
             mac: Cow::Borrowed(MACS),

@@ -97,6 +97,46 @@ pub struct ServerArgs {
     #[arg(long, value_name = "DURATION", env = "BASTION_LOGIN_GRACE_TIME", default_value = "30s", value_parser = parse_duration)]
     pub login_grace_time: Duration,
 
+    /// Most connections open at once, authenticated or not. Further ones are closed at once.
+    #[arg(long, value_name = "N", env = "BASTION_MAX_CONNECTIONS", default_value_t = 200)]
+    pub max_connections: usize,
+
+    /// Most unauthenticated connections at once (OpenSSH MaxStartups).
+    #[arg(long, value_name = "N", env = "BASTION_MAX_STARTUPS", default_value_t = 30)]
+    pub max_startups: usize,
+
+    /// Most unauthenticated connections at once from one source address (IPv6: one /64)
+    /// (OpenSSH PerSourceMaxStartups).
+    #[arg(long, value_name = "N", env = "BASTION_PER_SOURCE_MAX_STARTUPS", default_value_t = 5)]
+    pub per_source_max_startups: usize,
+
+    /// Authentication attempts per connection (OpenSSH MaxAuthTries).
+    #[arg(long, value_name = "N", env = "BASTION_MAX_AUTH_TRIES", default_value_t = 6)]
+    pub max_auth_tries: usize,
+
+    /// After a connection fails to log in (or sits out the login grace time), refuse new
+    /// connections from its source for this long, doubling with each further failure
+    /// (OpenSSH PerSourcePenalties). 0 turns penalties off.
+    #[arg(long, value_name = "DURATION", env = "BASTION_PENALTY", default_value = "2s", value_parser = parse_duration)]
+    pub penalty: Duration,
+
+    /// The longest penalty.
+    #[arg(long, value_name = "DURATION", env = "BASTION_PENALTY_MAX", default_value = "10m", value_parser = parse_duration)]
+    pub penalty_max: Duration,
+
+    /// Sources never penalized, as CIDR ranges (repeatable, or comma separated): a NAT
+    /// gateway many users share, a load balancer's health checks.
+    #[arg(long, value_name = "CIDR", env = "BASTION_PENALTY_EXEMPT", value_delimiter = ',')]
+    pub penalty_exempt: Vec<String>,
+
+    /// Most open channels (tunnels and sessions) per connection.
+    #[arg(long, value_name = "N", env = "BASTION_MAX_CHANNELS", default_value_t = 64)]
+    pub max_channels: usize,
+
+    /// Close a tunnel after this long without a byte either way (OpenSSH ChannelTimeout). 0: never.
+    #[arg(long, value_name = "DURATION", env = "BASTION_TUNNEL_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub tunnel_idle_timeout: Duration,
+
     /// Send an SSH keepalive after this much silence from the client (OpenSSH ClientAliveInterval).
     /// Keeps idle tunnels alive through NAT and load balancers (the NLB idle timeout is 350 s).
     #[arg(long, value_name = "DURATION", env = "BASTION_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]

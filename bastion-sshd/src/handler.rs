@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use russh::keys::{Certificate, HashAlg};
@@ -23,6 +24,8 @@ use crate::{session, tunnel};
 const OPEN_PROHIBITED: u32 = 1;
 /// SSH_OPEN_CONNECT_FAILED: the client prints "connect failed: <our reason>".
 const OPEN_CONNECT_FAILED: u32 = 2;
+/// SSH_OPEN_RESOURCE_SHORTAGE.
+const OPEN_RESOURCE_SHORTAGE: u32 = 4;
 /// SSH_EXTENDED_DATA_STDERR.
 const STDERR: u32 = 1;
 
@@ -36,6 +39,27 @@ pub struct Shared {
     pub connect_timeout: Duration,
     /// Shown in the session banner so users know which bastion they are on.
     pub name: String,
+    /// Open channels (tunnels and sessions) allowed per connection.
+    pub max_channels: usize,
+    /// A tunnel with no byte either way for this long is closed (OpenSSH ChannelTimeout).
+    pub tunnel_idle_timeout: Option<Duration>,
+}
+
+/// What the connection task learns from the handler.
+#[derive(Debug)]
+pub struct Signals {
+    /// Set once a key has been verified: the login grace timer and the
+    /// unauthenticated-connection limits no longer apply.
+    pub authenticated: watch::Sender<bool>,
+    /// The client tried a password, keyboard-interactive or a public key
+    /// (not just the "none" probe): failing now penalizes its source.
+    pub tried_auth: AtomicBool,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self { authenticated: watch::Sender::new(false), tried_auth: AtomicBool::new(false) }
+    }
 }
 
 /// Facts about the TCP connection, fixed at accept time.
@@ -59,8 +83,8 @@ pub struct ConnectionHandler {
     conn: Connection,
     /// Set once a key has been verified; every later event names it.
     identity: Option<Identity>,
-    /// Tells the connection task that the login grace timer no longer applies.
-    authenticated: watch::Sender<bool>,
+    /// Tells the connection task about authentication.
+    signals: Arc<Signals>,
     /// Open session channels; data on them is only checked for Ctrl-C / Ctrl-D.
     sessions: HashMap<ChannelId, SessionChannel>,
     /// Numbers tunnels within the connection for the logs.
@@ -72,12 +96,12 @@ pub struct ConnectionHandler {
 }
 
 impl ConnectionHandler {
-    pub fn new(shared: Arc<Shared>, conn: Connection, authenticated: watch::Sender<bool>) -> Self {
+    pub fn new(shared: Arc<Shared>, conn: Connection, signals: Arc<Signals>) -> Self {
         Self {
             shared,
             conn,
             identity: None,
-            authenticated,
+            signals,
             sessions: HashMap::new(),
             tunnels_requested: 0,
             tunnel_closers: HashMap::new(),
@@ -108,6 +132,7 @@ impl ConnectionHandler {
     }
 
     fn refuse_method(&self, user: &str, method: &str) {
+        self.signals.tried_auth.store(true, Ordering::Relaxed);
         info!(
             target: "audit",
             event = "auth.refused",
@@ -179,6 +204,7 @@ impl Handler for ConnectionHandler {
     /// The default accepts every offered key, which tells a prober which keys
     /// exist and costs a signature check; answer only for listed keys.
     async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+        self.signals.tried_auth.store(true, Ordering::Relaxed);
         match auth::check(
             &self.shared.authorized_keys,
             user,
@@ -266,7 +292,7 @@ impl Handler for ConnectionHandler {
     }
 
     async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
-        let _ = self.authenticated.send(true);
+        let _ = self.signals.authenticated.send(true);
         Ok(())
     }
 
@@ -276,6 +302,12 @@ impl Handler for ConnectionHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.tunnel_closers.retain(|_, c| !c.is_closed());
+        if self.tunnel_closers.len() + self.sessions.len() >= self.shared.max_channels {
+            self.refuse_request("session", "too many open channels on this connection (--max-channels)");
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
         let id = channel.id();
         // Requests on this channel reach the callbacks below; its data reaches
         // `data`. Dropping the Channel object means russh does not queue the
@@ -455,6 +487,14 @@ impl Handler for ConnectionHandler {
             identity,
             originator: format!("{}:{originator_port}", lossy(originator_address.as_bytes(), 64)),
         };
+        self.tunnel_closers.retain(|_, c| !c.is_closed()); // forget finished tunnels
+        let open = self.tunnel_closers.len() + self.sessions.len();
+        if open >= self.shared.max_channels {
+            let reason = format!("too many open channels on this connection ({open}, --max-channels)");
+            log.refused(&format!("{}:{port_to_connect}", lossy(host_to_connect.as_bytes(), 300)), &reason);
+            reply.reject(ChannelOpenFailure::Other { code: OPEN_RESOURCE_SHORTAGE, reason }).await;
+            return Ok(());
+        }
         let target = match Target::parse(host_to_connect, port_to_connect) {
             Ok(target) => target,
             Err(reason) => {
@@ -467,7 +507,6 @@ impl Handler for ConnectionHandler {
         // inside this callback, which would stall every channel of the connection.
         let shared = self.shared.clone();
         let (closer, closed) = oneshot::channel();
-        self.tunnel_closers.retain(|_, c| !c.is_closed()); // forget finished tunnels
         self.tunnel_closers.insert(channel.id(), closer);
         tokio::spawn(open_tunnel(shared, log, target, channel, reply, closed));
         Ok(())
@@ -619,6 +658,25 @@ async fn open_tunnel(
             Some(e) => ("error", Some(e.to_string())),
         },
         _ = &mut closed => ("client closed the channel or the connection", None),
+        _ = idle(&transfer, shared.tunnel_idle_timeout) => ("idle timeout (--tunnel-idle-timeout)", None),
     };
     log.closed(&target, resolved, &transfer, started, ended_by, error);
+}
+
+/// Resolves once no byte has moved through `transfer` for `timeout`; never without a timeout.
+async fn idle(transfer: &tunnel::Transfer, timeout: Option<Duration>) {
+    let Some(timeout) = timeout else { return std::future::pending().await };
+    let tick = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+    let mut seen = (transfer.up(), transfer.down());
+    let mut quiet_since = Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = (transfer.up(), transfer.down());
+        if now != seen {
+            seen = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= timeout {
+            return;
+        }
+    }
 }

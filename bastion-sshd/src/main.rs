@@ -10,6 +10,7 @@ mod handler;
 mod healthcheck;
 mod hostkey;
 mod keygen;
+mod limits;
 mod logging;
 mod options;
 mod policy;

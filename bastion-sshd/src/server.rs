@@ -22,8 +22,9 @@ use tracing::{error, info, warn};
 
 use crate::cli::ServerArgs;
 use crate::config::{Listen, Loaded};
-use crate::handler::{Connection, ConnectionHandler, Shared};
+use crate::handler::{Connection, ConnectionHandler, Shared, Signals};
 use crate::hostkey::HostKey;
+use crate::limits::{Admission, Limits, Ticket};
 
 /// The identification string. It names the product, not the SSH library or
 /// its version, so that scanners learn nothing to match against advisories.
@@ -63,8 +64,8 @@ const KEY_ALGORITHMS: &[Algorithm] = &[
     Algorithm::Rsa { hash: Some(russh::keys::HashAlg::Sha256) },
 ];
 
-/// Per-connection settings that are not part of russh's config.
-struct Limits {
+/// Per-connection deadlines that are not part of russh's config.
+struct Deadlines {
     /// Unauthenticated connections are dropped after this (LoginGraceTime).
     login_grace_time: Duration,
 }
@@ -78,7 +79,7 @@ fn russh_config(args: &ServerArgs, host_keys: &[HostKey]) -> Config {
         // OpenSSH clients start with a "none" probe to learn the methods; answer it at once.
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: host_keys.iter().map(|k| k.key.clone()).collect(),
-        max_auth_attempts: 6,
+        max_auth_attempts: args.max_auth_tries,
         // Idle tunnels must live: liveness is checked with keepalives instead,
         // and the login grace timer covers unauthenticated connections.
         inactivity_timeout: None,
@@ -139,8 +140,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         policy: loaded.policy.clone(),
         connect_timeout: args.connect_timeout,
         name: args.name.clone(),
+        max_channels: args.max_channels,
+        tunnel_idle_timeout: Some(args.tunnel_idle_timeout).filter(|t| !t.is_zero()),
     });
-    let limits = Arc::new(Limits { login_grace_time: args.login_grace_time });
+    let deadlines = Arc::new(Deadlines { login_grace_time: args.login_grace_time });
+    let admission = Admission::new(limits_from(&args)?);
 
     let listeners = bind_all(&loaded.listen)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -154,7 +158,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             listener,
             config: config.clone(),
             shared: shared.clone(),
-            limits: limits.clone(),
+            deadlines: deadlines.clone(),
+            admission: admission.clone(),
             ids: ids.clone(),
             shutdown: shutdown_rx.clone(),
             done: done_tx.clone(),
@@ -224,7 +229,9 @@ struct AcceptLoop {
     listener: TcpListener,
     config: Arc<Config>,
     shared: Arc<Shared>,
-    limits: Arc<Limits>,
+    deadlines: Arc<Deadlines>,
+    /// Connection limits and per-source penalties, shared by all listeners.
+    admission: Arc<Admission>,
     /// Source of connection ids, shared by all listeners.
     ids: Arc<AtomicU64>,
     shutdown: watch::Receiver<bool>,
@@ -243,11 +250,22 @@ impl AcceptLoop {
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(10);
+                    let ticket = match self.admission.admit(peer.ip(), std::time::Instant::now()) {
+                        Ok(ticket) => ticket,
+                        Err(refusal) => {
+                            // Closed before a byte is sent: costs the bastion nothing more.
+                            info!(target: "audit", event = "connection.refused", peer = %peer, reason = %refusal,
+                                "connection from {peer} refused: {refusal}");
+                            drop(stream);
+                            continue;
+                        }
+                    };
                     let id = format!("c{}", self.ids.fetch_add(1, Ordering::Relaxed) + 1);
                     let task = ConnectionTask {
                         config: self.config.clone(),
                         shared: self.shared.clone(),
-                        limits: self.limits.clone(),
+                        deadlines: self.deadlines.clone(),
+                        ticket,
                         shutdown: self.shutdown.clone(),
                         _done: self.done.clone(),
                     };
@@ -269,10 +287,19 @@ impl AcceptLoop {
 struct ConnectionTask {
     config: Arc<Config>,
     shared: Arc<Shared>,
-    limits: Arc<Limits>,
+    deadlines: Arc<Deadlines>,
+    /// This connection's place in the limits; released when the task ends.
+    ticket: Ticket,
     shutdown: watch::Receiver<bool>,
     /// Held until the connection is closed; shutdown waits for all of them.
     _done: mpsc::Sender<()>,
+}
+
+/// How a connection ended.
+struct Ended {
+    reason: String,
+    /// It tried to log in and failed, or sat out the login grace time: its source is penalized.
+    failed_login: bool,
 }
 
 impl ConnectionTask {
@@ -281,53 +308,70 @@ impl ConnectionTask {
         let local = stream.local_addr().unwrap_or(peer);
         let _ = stream.set_nodelay(true);
         info!(target: "audit", event = "connection.accepted", conn = %id, peer = %peer, local = %local, "connection {id} from {peer}");
-        let reason = self.serve(stream, Connection { id: id.clone(), peer, local }).await;
+        let ended = self.serve(stream, Connection { id: id.clone(), peer, local }).await;
         info!(
             target: "audit",
             event = "connection.closed",
             conn = %id,
             peer = %peer,
             duration_ms = started.elapsed().as_millis() as u64,
-            reason = %reason,
-            "connection {id} from {peer} closed: {reason}"
+            reason = %ended.reason,
+            "connection {id} from {peer} closed: {}", ended.reason
         );
+        if ended.failed_login
+            && let Some(penalty) = self.ticket.failed_login(std::time::Instant::now())
+        {
+            info!(target: "audit", event = "source.penalized", conn = %id, peer = %peer, seconds = penalty.as_secs(),
+                "new connections from {} refused for {}", peer.ip(), humantime::format_duration(penalty));
+        }
     }
 
-    /// Returns why the connection ended.
-    async fn serve(&mut self, stream: TcpStream, conn: Connection) -> String {
-        let deadline = Instant::now() + self.limits.login_grace_time;
-        let (authenticated_tx, authenticated) = watch::channel(false);
-        let handler = ConnectionHandler::new(self.shared.clone(), conn, authenticated_tx);
+    /// Serves the connection; says why and how it ended.
+    async fn serve(&mut self, stream: TcpStream, conn: Connection) -> Ended {
+        let deadline = Instant::now() + self.deadlines.login_grace_time;
+        let signals = Arc::new(Signals::default());
+        let mut authenticated = signals.authenticated.subscribe();
+        let handler = ConnectionHandler::new(self.shared.clone(), conn, signals.clone());
+        let ended = |reason: &str, grace: bool| Ended {
+            reason: reason.to_string(),
+            failed_login: grace || signals.tried_auth.load(Ordering::Relaxed),
+        };
 
         // The identification exchange happens inside run_stream; bound it by the grace time.
         let started = tokio::select! {
             r = tokio::time::timeout_at(deadline, russh::server::run_stream(self.config.clone(), stream, handler)) => r,
-            _ = stopped(&mut self.shutdown) => return "server shutting down".into(),
+            _ = stopped(&mut self.shutdown) => return ended("server shutting down", false),
         };
         let session = match started {
-            Err(_) => return "no SSH identification within the login grace time".into(),
-            Ok(Err(e)) => {
-                return format!("before the SSH handshake: {}", describe_session_error(&e));
-            }
+            Err(_) => return ended("no SSH identification within the login grace time", true),
+            Ok(Err(e)) => return ended(&format!("before the SSH handshake: {}", describe_session_error(&e)), false),
             Ok(Ok(session)) => session,
         };
         let handle = session.handle();
         tokio::pin!(session);
         let mut grace_over = false;
         let mut stopping = false;
+        let mut is_authenticated = false;
         let mut reason = None;
         loop {
             tokio::select! {
                 result = &mut session => {
-                    return reason.unwrap_or_else(|| match result {
+                    let reason = reason.unwrap_or_else(|| match result {
                         Ok(()) => "client disconnected".into(),
                         Err(e) => describe_session_error(&e),
                     });
+                    let grace_exceeded = grace_over && !is_authenticated;
+                    return if is_authenticated { Ended { reason, failed_login: false } } else { ended(&reason, grace_exceeded) };
+                }
+                changed = authenticated.changed(), if !is_authenticated => {
+                    if changed.is_ok() && *authenticated.borrow_and_update() {
+                        is_authenticated = true;
+                        self.ticket.authenticated();
+                    }
                 }
                 _ = tokio::time::sleep_until(deadline), if !grace_over => {
                     grace_over = true;
-                    let authenticated = *authenticated.borrow();
-                    if !authenticated {
+                    if !is_authenticated {
                         reason = Some("not authenticated within the login grace time".to_string());
                         let _ = handle
                             .disconnect(Disconnect::ByApplication, "login grace time exceeded".into(), "en".into())
@@ -344,6 +388,25 @@ impl ConnectionTask {
             }
         }
     }
+}
+
+/// Builds the admission limits from the command line.
+fn limits_from(args: &ServerArgs) -> anyhow::Result<Limits> {
+    let penalty_exempt = args
+        .penalty_exempt
+        .iter()
+        .map(|s| {
+            s.trim().parse::<ipnet::IpNet>().map_err(|_| anyhow::anyhow!("--penalty-exempt: {s:?} is not a CIDR range"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Limits {
+        max_connections: args.max_connections,
+        max_startups: args.max_startups,
+        per_source_max_startups: args.per_source_max_startups,
+        penalty: args.penalty,
+        penalty_max: args.penalty_max,
+        penalty_exempt,
+    })
 }
 
 /// Resolves once shutdown has been requested.

@@ -281,7 +281,8 @@ impl ServerBuilder {
 
     /// Starts the server. Unless the test set its own `--permit-open`, the
     /// server may reach 127.0.0.1 (where the test's targets listen), which
-    /// the default policy denies.
+    /// the default policy denies; unless it set `--penalty`, failed logins are
+    /// not penalized.
     /// Authorizes through a file with these exact lines (options, comments, junk).
     pub fn authorized_lines(self, lines: &[String]) -> Self {
         let path = self.dir.join(format!("authorized_keys.{}", unique()));
@@ -291,13 +292,18 @@ impl ServerBuilder {
 
     pub fn start(self) -> Server {
         let given = |flag: &str| self.cmd.get_args().any(|a| a == flag);
-        let (listen_given, permit_given) = (given("--listen"), given("--permit-open"));
+        let (listen_given, permit_given, penalty_given) =
+            (given("--listen"), given("--permit-open"), given("--penalty"));
         let mut cmd = self.cmd;
         if !listen_given {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
         if !permit_given {
             cmd.args(["--permit-open", "127.0.0.1:*"]);
+        }
+        if !penalty_given {
+            // Tests fail logins from 127.0.0.1 on purpose; only the penalty tests want penalties.
+            cmd.args(["--penalty", "0s"]);
         }
         let proc = Proc::spawn(cmd, Stdio::null());
         let listening = proc

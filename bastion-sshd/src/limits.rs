@@ -114,9 +114,9 @@ impl Admission {
         // Under a flood of distinct sources, keep only what is active now.
         let memory = self.limits.penalty_max;
         let full = state.sources.len() >= MAX_SOURCES;
-        state.sources.retain(|_, s| {
-            s.startups > 0 || s.penalized_until.is_some_and(|t| t > now || (!full && t + memory > now))
-        });
+        state
+            .sources
+            .retain(|_, s| s.startups > 0 || s.penalized_until.is_some_and(|t| t > now || (!full && t + memory > now)));
         if let Some(until) = state.sources.get(&key).and_then(|s| s.penalized_until)
             && until > now
         {

@@ -637,3 +637,26 @@ pub fn ssh_config(server: &Server, key: &ClientKey, dir: &Path) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// A TCP connection to `to` from a chosen loopback source address (any of
+/// 127.0.0.0/8 works on Linux), so that one test can play several sources.
+pub fn connect_from(source: std::net::Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    socket.connect_timeout(&to.into(), Duration::from_secs(10))?;
+    Ok(socket.into())
+}
+
+/// True if the server closed `stream` (EOF or reset) without the SSH banner
+/// (a refused connection), false if it sent the banner (an admitted one).
+pub fn closed_without_banner(mut stream: &TcpStream) -> bool {
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 8];
+    match stream.read(&mut buf) {
+        Ok(0) | Err(_) => true,
+        Ok(_) => {
+            assert!(buf.starts_with(b"SSH-2.0"), "unexpected greeting {buf:?}");
+            false
+        }
+    }
+}

@@ -137,6 +137,11 @@ pub struct ServerArgs {
     #[arg(long, value_name = "DURATION", env = "BASTION_TUNNEL_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub tunnel_idle_timeout: Duration,
 
+    /// On SIGTERM, how long open tunnels may finish before they are cut. Below ECS's
+    /// default stopTimeout of 30 s.
+    #[arg(long, value_name = "DURATION", env = "BASTION_DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
     /// Send an SSH keepalive after this much silence from the client (OpenSSH ClientAliveInterval).
     /// Keeps idle tunnels alive through NAT and load balancers (the NLB idle timeout is 350 s).
     #[arg(long, value_name = "DURATION", env = "BASTION_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use russh::keys::{Certificate, HashAlg};
@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::auth::{self, Identity};
 use crate::authorized_keys::AuthorizedKeys;
 use crate::policy::{Decision, Policy, SystemResolver, Target};
+use crate::server::Drain;
 use crate::{session, tunnel};
 
 /// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED: the client prints our reason after it.
@@ -43,6 +44,21 @@ pub struct Shared {
     pub max_channels: usize,
     /// A tunnel with no byte either way for this long is closed (OpenSSH ChannelTimeout).
     pub tunnel_idle_timeout: Option<Duration>,
+    /// Some(deadline) once the server is stopping: no new tunnels, open ones end by then.
+    pub drain: Drain,
+    /// Tunnel counts for the shutdown report.
+    pub tunnels: TunnelStats,
+}
+
+/// Server-wide tunnel counts, for the shutdown report.
+#[derive(Debug, Default)]
+pub struct TunnelStats {
+    /// Open now.
+    pub open: AtomicUsize,
+    /// Finished on their own while the server was draining.
+    pub drained: AtomicUsize,
+    /// Closed by the server at the drain deadline.
+    pub cut: AtomicUsize,
 }
 
 /// What the connection task learns from the handler.
@@ -54,11 +70,56 @@ pub struct Signals {
     /// The client tried a password, keyboard-interactive or a public key
     /// (not just the "none" probe): failing now penalizes its source.
     pub tried_auth: AtomicBool,
+    /// Open session channels, where a shutdown notice can be written.
+    sessions: Mutex<Vec<ChannelId>>,
+    /// Open tunnels of this connection; draining waits for zero.
+    pub open_tunnels: watch::Sender<usize>,
 }
 
 impl Default for Signals {
     fn default() -> Self {
-        Self { authenticated: watch::Sender::new(false), tried_auth: AtomicBool::new(false) }
+        Self {
+            authenticated: watch::Sender::new(false),
+            tried_auth: AtomicBool::new(false),
+            sessions: Mutex::new(Vec::new()),
+            open_tunnels: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Signals {
+    pub fn session_channels(&self) -> Vec<ChannelId> {
+        self.sessions.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn set_session(&self, channel: ChannelId, open: bool) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.retain(|c| *c != channel);
+            if open {
+                sessions.push(channel);
+            }
+        }
+    }
+}
+
+/// Counts a tunnel as open for as long as it lives.
+struct OpenTunnel<'a> {
+    shared: &'a Shared,
+    signals: &'a Signals,
+}
+
+impl<'a> OpenTunnel<'a> {
+    fn new(shared: &'a Shared, signals: &'a Signals) -> Self {
+        shared.tunnels.open.fetch_add(1, Ordering::Relaxed);
+        signals.open_tunnels.send_modify(|n| *n += 1);
+        Self { shared, signals }
+    }
+}
+
+impl Drop for OpenTunnel<'_> {
+    fn drop(&mut self) {
+        self.shared.tunnels.open.fetch_sub(1, Ordering::Relaxed);
+        self.signals.open_tunnels.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -148,6 +209,7 @@ impl ConnectionHandler {
     /// Ends a session channel the way a finished remote command would.
     fn finish_session(&mut self, channel: ChannelId, session: &mut Session, status: u32) -> Result<(), russh::Error> {
         self.sessions.remove(&channel);
+        self.signals.set_session(channel, false);
         session.exit_status_request(channel, status)?;
         session.eof(channel)?;
         session.close(channel)
@@ -314,6 +376,7 @@ impl Handler for ConnectionHandler {
         // same messages for a reader that nobody runs.
         drop(channel);
         self.sessions.insert(id, SessionChannel::default());
+        self.signals.set_session(id, true);
         reply.accept().await;
         debug!(conn = %self.conn.id, channel = id.number(), "session channel opened");
         Ok(())
@@ -487,6 +550,12 @@ impl Handler for ConnectionHandler {
             identity,
             originator: format!("{}:{originator_port}", lossy(originator_address.as_bytes(), 64)),
         };
+        if self.shared.drain.borrow().is_some() {
+            let reason = "the bastion is shutting down; reconnect in a moment".to_string();
+            log.refused(&format!("{}:{port_to_connect}", lossy(host_to_connect.as_bytes(), 300)), &reason);
+            reply.reject(ChannelOpenFailure::Other { code: OPEN_PROHIBITED, reason }).await;
+            return Ok(());
+        }
         self.tunnel_closers.retain(|_, c| !c.is_closed()); // forget finished tunnels
         let open = self.tunnel_closers.len() + self.sessions.len();
         if open >= self.shared.max_channels {
@@ -508,7 +577,7 @@ impl Handler for ConnectionHandler {
         let shared = self.shared.clone();
         let (closer, closed) = oneshot::channel();
         self.tunnel_closers.insert(channel.id(), closer);
-        tokio::spawn(open_tunnel(shared, log, target, channel, reply, closed));
+        tokio::spawn(open_tunnel(shared, self.signals.clone(), log, target, channel, reply, closed));
         Ok(())
     }
 
@@ -522,6 +591,7 @@ impl Handler for ConnectionHandler {
 
     async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
         self.sessions.remove(&channel);
+        self.signals.set_session(channel, false);
         Ok(())
     }
 }
@@ -618,6 +688,7 @@ impl TunnelLog {
 /// Decides, connects and relays one tunnel; runs in its own task.
 async fn open_tunnel(
     shared: Arc<Shared>,
+    signals: Arc<Signals>,
     log: TunnelLog,
     target: Target,
     channel: Channel<Msg>,
@@ -650,6 +721,7 @@ async fn open_tunnel(
         }
     };
     reply.accept().await;
+    let _open = OpenTunnel::new(&shared, &signals);
     log.opened(&target, resolved);
     let transfer = tunnel::Transfer::default();
     let (ended_by, error) = tokio::select! {
@@ -659,7 +731,12 @@ async fn open_tunnel(
         },
         _ = &mut closed => ("client closed the channel or the connection", None),
         _ = idle(&transfer, shared.tunnel_idle_timeout) => ("idle timeout (--tunnel-idle-timeout)", None),
+        _ = cut_at_drain_deadline(shared.drain.clone()) => ("cut at shutdown (--drain-timeout)", None),
     };
+    if shared.drain.borrow().is_some() {
+        let count = if ended_by.starts_with("cut") { &shared.tunnels.cut } else { &shared.tunnels.drained };
+        count.fetch_add(1, Ordering::Relaxed);
+    }
     log.closed(&target, resolved, &transfer, started, ended_by, error);
 }
 
@@ -678,5 +755,17 @@ async fn idle(transfer: &tunnel::Transfer, timeout: Option<Duration>) {
         } else if quiet_since.elapsed() >= timeout {
             return;
         }
+    }
+}
+
+/// Resolves at the drain deadline, once the server is stopping.
+async fn cut_at_drain_deadline(mut drain: Drain) {
+    let deadline = match drain.wait_for(Option::is_some).await {
+        Ok(deadline) => *deadline,
+        Err(_) => None,
+    };
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

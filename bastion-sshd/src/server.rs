@@ -22,17 +22,17 @@ use tracing::{error, info, warn};
 
 use crate::cli::ServerArgs;
 use crate::config::{Listen, Loaded};
-use crate::handler::{Connection, ConnectionHandler, Shared, Signals};
+use crate::handler::{Connection, ConnectionHandler, Shared, Signals, TunnelStats};
 use crate::hostkey::HostKey;
 use crate::limits::{Admission, Limits, Ticket};
+use crate::session;
 
 /// The identification string. It names the product, not the SSH library or
 /// its version, so that scanners learn nothing to match against advisories.
 const SERVER_ID: &str = "SSH-2.0-bastion";
 
-/// How long connections get to finish after SIGTERM before the process exits.
-/// Below ECS's default 30 s stopTimeout.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// After the drain deadline, how long closing the remaining connections may take.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// Key exchange: the post-quantum hybrid first, then curve25519 for OpenSSH
 /// clients older than 9.9. No finite-field DH (slow, DHEat) and no NIST ECDH.
@@ -135,6 +135,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
 
     let config = Arc::new(russh_config(&args, &host_keys));
+    // Some(deadline) once the server is stopping: tunnels may finish until then.
+    let (drain_tx, drain_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
         authorized_keys: std::mem::take(&mut loaded.authorized_keys),
         policy: loaded.policy.clone(),
@@ -142,12 +144,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         name: args.name.clone(),
         max_channels: args.max_channels,
         tunnel_idle_timeout: Some(args.tunnel_idle_timeout).filter(|t| !t.is_zero()),
+        drain: drain_rx.clone(),
+        tunnels: TunnelStats::default(),
     });
     let deadlines = Arc::new(Deadlines { login_grace_time: args.login_grace_time });
     let admission = Admission::new(limits_from(&args)?);
 
     let listeners = bind_all(&loaded.listen)?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Every task holds a clone; when all are dropped, `recv` returns None: everything has finished.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let ids = Arc::new(AtomicU64::new(0));
@@ -161,7 +164,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             deadlines: deadlines.clone(),
             admission: admission.clone(),
             ids: ids.clone(),
-            shutdown: shutdown_rx.clone(),
+            drain: drain_rx.clone(),
             done: done_tx.clone(),
         };
         tokio::spawn(accept.run());
@@ -169,12 +172,26 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     drop(done_tx);
 
     let signal = wait_for_signal().await?;
-    info!(event = "server.stopping", signal, "{signal} received: no new connections, closing the open ones");
-    let _ = shutdown_tx.send(true);
-    match tokio::time::timeout(SHUTDOWN_GRACE, done_rx.recv()).await {
-        Ok(_) => info!(event = "server.stopped", "all connections closed"),
-        Err(_) => warn!(event = "server.stopped", "connections still open after {SHUTDOWN_GRACE:?}; exiting anyway"),
-    }
+    let open = shared.tunnels.open.load(Ordering::Relaxed);
+    info!(
+        event = "server.stopping",
+        signal,
+        tunnels_open = open,
+        "{signal} received: no new connections or tunnels; {open} open tunnel(s) get {} to finish",
+        humantime::format_duration(args.drain_timeout)
+    );
+    let _ = drain_tx.send(Some(Instant::now() + args.drain_timeout));
+    let all_closed = tokio::time::timeout(args.drain_timeout + CLOSE_GRACE, done_rx.recv()).await.is_ok();
+    let drained = shared.tunnels.drained.load(Ordering::Relaxed);
+    let cut = shared.tunnels.cut.load(Ordering::Relaxed);
+    info!(
+        event = "server.stopped",
+        tunnels_open = open,
+        tunnels_drained = drained,
+        tunnels_cut = cut,
+        all_closed,
+        "stopped: {open} tunnel(s) open at {signal}, {drained} finished, {cut} cut at the drain timeout"
+    );
     Ok(())
 }
 
@@ -234,7 +251,8 @@ struct AcceptLoop {
     admission: Arc<Admission>,
     /// Source of connection ids, shared by all listeners.
     ids: Arc<AtomicU64>,
-    shutdown: watch::Receiver<bool>,
+    /// Some(deadline) once the server is stopping.
+    drain: Drain,
     /// Dropped when the loop ends; cloned into every connection task.
     done: mpsc::Sender<()>,
 }
@@ -244,7 +262,7 @@ impl AcceptLoop {
         let mut backoff = Duration::from_millis(10);
         loop {
             let accepted = tokio::select! {
-                _ = stopped(&mut self.shutdown) => return,
+                _ = stopping(&mut self.drain) => return,
                 accepted = self.listener.accept() => accepted,
             };
             match accepted {
@@ -266,7 +284,7 @@ impl AcceptLoop {
                         shared: self.shared.clone(),
                         deadlines: self.deadlines.clone(),
                         ticket,
-                        shutdown: self.shutdown.clone(),
+                        drain: self.drain.clone(),
                         _done: self.done.clone(),
                     };
                     tokio::spawn(task.run(stream, peer, id));
@@ -290,7 +308,8 @@ struct ConnectionTask {
     deadlines: Arc<Deadlines>,
     /// This connection's place in the limits; released when the task ends.
     ticket: Ticket,
-    shutdown: watch::Receiver<bool>,
+    /// Some(deadline) once the server is stopping.
+    drain: Drain,
     /// Held until the connection is closed; shutdown waits for all of them.
     _done: mpsc::Sender<()>,
 }
@@ -340,7 +359,7 @@ impl ConnectionTask {
         // The identification exchange happens inside run_stream; bound it by the grace time.
         let started = tokio::select! {
             r = tokio::time::timeout_at(deadline, russh::server::run_stream(self.config.clone(), stream, handler)) => r,
-            _ = stopped(&mut self.shutdown) => return ended("server shutting down", false),
+            _ = stopping(&mut self.drain) => return ended("server shutting down", false),
         };
         let session = match started {
             Err(_) => return ended("no SSH identification within the login grace time", true),
@@ -350,7 +369,8 @@ impl ConnectionTask {
         let handle = session.handle();
         tokio::pin!(session);
         let mut grace_over = false;
-        let mut stopping = false;
+        let mut drain_deadline: Option<Instant> = None;
+        let mut closing = false;
         let mut is_authenticated = false;
         let mut reason = None;
         loop {
@@ -378,9 +398,32 @@ impl ConnectionTask {
                             .await;
                     }
                 }
-                _ = stopped(&mut self.shutdown), if !stopping => {
-                    stopping = true;
-                    reason = Some("server shutting down".to_string());
+                deadline = stopping(&mut self.drain), if drain_deadline.is_none() => {
+                    drain_deadline = Some(deadline);
+                    if !is_authenticated {
+                        reason = Some("server shutting down".to_string());
+                        let _ = handle
+                            .disconnect(Disconnect::ByApplication, "bastion shutting down".into(), "en".into())
+                            .await;
+                    } else {
+                        // Tell the user, on each session channel (ssh without -N).
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        let notice = session::shutdown_notice(left);
+                        for channel in signals.session_channels() {
+                            let _ = handle.data(channel, notice.clone().into_bytes()).await;
+                        }
+                    }
+                }
+                _ = no_tunnels(&signals), if drain_deadline.is_some() && is_authenticated && !closing => {
+                    closing = true;
+                    reason = Some("server shutting down (tunnels finished)".to_string());
+                    let _ = handle
+                        .disconnect(Disconnect::ByApplication, "bastion shutting down".into(), "en".into())
+                        .await;
+                }
+                _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() && !closing => {
+                    closing = true;
+                    reason = Some("server shutting down (tunnels cut at --drain-timeout)".to_string());
                     let _ = handle
                         .disconnect(Disconnect::ByApplication, "bastion shutting down".into(), "en".into())
                         .await;
@@ -409,10 +452,23 @@ fn limits_from(args: &ServerArgs) -> anyhow::Result<Limits> {
     })
 }
 
-/// Resolves once shutdown has been requested.
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // An error means the sender is gone, which also means stop.
-    let _ = shutdown.wait_for(|stop| *stop).await;
+/// `Some(deadline)` once the server is stopping: tunnels may finish until then.
+pub type Drain = watch::Receiver<Option<Instant>>;
+
+/// Resolves with the drain deadline once the server is stopping.
+async fn stopping(drain: &mut Drain) -> Instant {
+    let deadline = match drain.wait_for(Option::is_some).await {
+        Ok(deadline) => *deadline,
+        // The sender is gone: the server is going away.
+        Err(_) => None,
+    };
+    deadline.unwrap_or_else(Instant::now)
+}
+
+/// Resolves when the connection has no open tunnel.
+async fn no_tunnels(signals: &Signals) {
+    let mut open = signals.open_tunnels.subscribe();
+    let _ = open.wait_for(|n| *n == 0).await;
 }
 
 fn describe_session_error(e: &russh::Error) -> String {

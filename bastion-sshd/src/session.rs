@@ -21,6 +21,15 @@ pub fn banner(name: &str, local: &str, crlf: bool) -> String {
     if crlf { text.replace('\n', "\r\n") } else { text }
 }
 
+/// Written on open sessions when the server starts draining.
+pub fn shutdown_notice(left: std::time::Duration) -> String {
+    format!(
+        "\r\nbastion-sshd: this bastion is shutting down. Open tunnels may finish within {}s, then the connection \
+         closes; reconnect to continue.\r\n",
+        left.as_secs()
+    )
+}
+
 /// The stderr line for `ssh host COMMAND`.
 pub fn exec_refused() -> &'static str {
     "bastion-sshd: commands are not run here; this bastion only forwards ports (ssh -N -L ...)\n"

@@ -3,13 +3,18 @@
 //! `handler` calls it twice, once for the offer (before any signature is
 //! checked) and once after russh has verified the signature.
 
-use russh::keys::{Algorithm, HashAlg, PublicKey};
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::{Algorithm, Certificate, HashAlg, PublicKey};
 
-use crate::authorized_keys::{self, AuthorizedKeys};
+use crate::authorized_keys;
+use crate::keys::KeyStore;
 use crate::policy::KeyRights;
 
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::options::FromList;
+use crate::policy::canonical;
 
 /// Who is on the other end of an authenticated connection. Every audit event
 /// after authentication carries it.
@@ -28,6 +33,20 @@ pub struct Identity {
     pub listed_at: String,
     /// What this key may do with tunnels.
     pub rights: KeyRights,
+    /// Set when the login used an OpenSSH user certificate.
+    pub certificate: Option<CertInfo>,
+}
+
+/// What an audit log needs to know about a certificate.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    pub key_id: String,
+    pub serial: u64,
+    pub principals: Vec<String>,
+    /// `SHA256:…` of the CA that signed it.
+    pub ca_fingerprint: String,
+    /// The session is closed at this time; None for "forever".
+    pub valid_before: Option<SystemTime>,
 }
 
 /// Why a public key was refused. The text goes to the audit log, never to the client.
@@ -39,7 +58,7 @@ pub struct Refusal {
 
 /// Decides whether `key`, signing with `algorithm`, may log in as `user`.
 pub fn check(
-    keys: &AuthorizedKeys,
+    store: &KeyStore,
     user: &str,
     key: &PublicKey,
     algorithm: &Algorithm,
@@ -48,9 +67,12 @@ pub fn check(
 ) -> Result<Identity, Refusal> {
     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
     let refuse = |reason: String| Refusal { fingerprint: fingerprint.clone(), reason };
-    let Some(entry) = keys.find(key) else {
+    let Some(entry) = store.authorized.find(key) else {
         return Err(refuse("key is not in any authorized_keys source".into()));
     };
+    if store.revoked.contains(key.key_data()) {
+        return Err(refuse("key is revoked (--revoked-keys)".into()));
+    }
     authorized_keys::check_signature_algorithm(algorithm).map_err(refuse)?;
     if let Some(reason) = entry.options.refuse_login(peer, now) {
         return Err(refuse(reason));
@@ -62,6 +84,143 @@ pub fn check(
         comment: entry.comment.clone(),
         listed_at: format!("{}:{}", entry.source, entry.line),
         rights: entry.options.rights.clone(),
+        certificate: None,
+    })
+}
+
+/// What a session logged in with, kept so that a reload can judge it again.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Key { user: String, key: PublicKey, algorithm: Algorithm },
+    Certificate { user: String, cert: Box<Certificate> },
+}
+
+/// Judges a live session's credential against (reloaded) keys.
+pub fn recheck(store: &KeyStore, credential: &Credential, peer: IpAddr, now: SystemTime) -> Result<Identity, Refusal> {
+    match credential {
+        Credential::Key { user, key, algorithm } => check(store, user, key, algorithm, peer, now),
+        Credential::Certificate { user, cert } => check_certificate(store, user, cert, peer, now),
+    }
+}
+
+/// Before the signature check: is this offer worth a signature check? A
+/// listed key is judged fully. An unlisted one is only worth it when a CA
+/// is trusted, because russh offers a certificate's inner key here without
+/// the certificate; [`check_certificate`] and [`check`] then decide after
+/// the signature is verified.
+pub fn check_offer(
+    store: &KeyStore,
+    user: &str,
+    key: &PublicKey,
+    algorithm: &Algorithm,
+    peer: IpAddr,
+    now: SystemTime,
+) -> Result<(), Refusal> {
+    match check(store, user, key, algorithm, peer, now) {
+        Ok(_) => Ok(()),
+        Err(refusal) if store.authorized.find(key).is_none() && store.authorized.has_cas() => {
+            authorized_keys::check_key_type(key)
+                .and_then(|()| authorized_keys::check_signature_algorithm(algorithm))
+                .map_err(|reason| Refusal { reason, ..refusal })
+        }
+        Err(refusal) => Err(refusal),
+    }
+}
+
+/// Critical options a certificate may carry. `force-command` has no effect:
+/// nothing is ever run here. Any other makes the certificate unusable, as in OpenSSH.
+const KNOWN_CRITICAL_OPTIONS: &[&str] = &["source-address", "force-command"];
+
+/// Decides whether an OpenSSH user certificate (whose signature and validity
+/// window russh has already checked) may log in as `user` from `peer`.
+pub fn check_certificate(
+    store: &KeyStore,
+    user: &str,
+    cert: &Certificate,
+    peer: IpAddr,
+    now: SystemTime,
+) -> Result<Identity, Refusal> {
+    let fingerprint = cert.public_key().fingerprint(HashAlg::Sha256).to_string();
+    let refuse = |reason: String| Refusal { fingerprint: fingerprint.clone(), reason };
+    if cert.cert_type() != CertType::User {
+        return Err(refuse("not a user certificate".into()));
+    }
+    let Some(ca) = store.authorized.find_ca(cert.signature_key()) else {
+        let ca = cert.signature_key().fingerprint(HashAlg::Sha256);
+        return Err(refuse(format!("signed by {ca}, which is not a trusted certificate authority")));
+    };
+    if store.revoked.contains(cert.public_key()) {
+        return Err(refuse("the certificate's key is revoked (--revoked-keys)".into()));
+    }
+    if store.revoked.contains(cert.signature_key()) {
+        return Err(refuse(format!("the certificate authority {} is revoked (--revoked-keys)", ca.fingerprint)));
+    }
+    // Checked by russh already; checked again so that this function alone is the rule.
+    let unix = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if unix < cert.valid_after() || unix >= cert.valid_before() {
+        return Err(refuse("the certificate is not valid now".into()));
+    }
+    authorized_keys::check_key_type(&PublicKey::new(cert.public_key().clone(), "")).map_err(refuse)?;
+    let principals = cert.valid_principals();
+    if principals.is_empty() {
+        return Err(refuse("the certificate names no principal".into()));
+    }
+    match &ca.options.principals {
+        // principals="…" on the cert-authority line: one of them must be in the certificate.
+        Some(allowed) => {
+            if !principals.iter().any(|p| allowed.contains(p)) {
+                return Err(refuse(format!(
+                    "none of the certificate's principals ({}) is in principals=\"{}\" of {}:{}",
+                    principals.join(","),
+                    allowed.join(","),
+                    ca.source,
+                    ca.line
+                )));
+            }
+        }
+        // Otherwise the login name must be one of the certificate's principals.
+        None => {
+            if !principals.iter().any(|p| p == user) {
+                return Err(refuse(format!(
+                    "user {user:?} is not among the certificate's principals ({})",
+                    principals.join(",")
+                )));
+            }
+        }
+    }
+    for (name, value) in cert.critical_options().iter() {
+        if !KNOWN_CRITICAL_OPTIONS.contains(&name.as_str()) {
+            return Err(refuse(format!("unknown critical option {name:?}")));
+        }
+        if name == "source-address" {
+            let from = FromList::parse(value).map_err(|e| refuse(format!("bad source-address: {e}")))?;
+            if !from.matches(peer) {
+                return Err(refuse(format!("source-address {value:?} does not allow {}", canonical(peer))));
+            }
+        }
+    }
+    if let Some(reason) = ca.options.refuse_login(peer, now) {
+        return Err(refuse(format!("{reason} (on the cert-authority line)")));
+    }
+    let mut rights = ca.options.rights.clone();
+    // OpenSSH: a certificate allows forwarding only with this extension (ssh-keygen adds it by default).
+    if !cert.extensions().contains_key("permit-port-forwarding") {
+        rights.port_forwarding = false;
+    }
+    Ok(Identity {
+        user: user.to_string(),
+        fingerprint: fingerprint.clone(),
+        algorithm: cert.algorithm().to_certificate_type(),
+        comment: cert.key_id().to_string(),
+        listed_at: format!("{}:{}", ca.source, ca.line),
+        rights,
+        certificate: Some(CertInfo {
+            key_id: cert.key_id().to_string(),
+            serial: cert.serial(),
+            principals: principals.to_vec(),
+            ca_fingerprint: ca.fingerprint.clone(),
+            valid_before: cert.valid_before_time(),
+        }),
     })
 }
 
@@ -75,9 +234,9 @@ mod tests {
 
     const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 9));
 
-    fn keys() -> AuthorizedKeys {
-        let mut k = AuthorizedKeys::default();
-        k.add_text(Source::Env, ALICE.as_bytes());
+    fn keys() -> KeyStore {
+        let mut k = KeyStore::default();
+        k.authorized.add_text(Source::Env, ALICE.as_bytes());
         k
     }
 

@@ -23,6 +23,10 @@ pub enum Source {
     File(PathBuf),
     /// The `BASTION_AUTHORIZED_KEYS` environment variable.
     Env,
+    /// A `--trusted-user-ca-keys` file (OpenSSH TrustedUserCAKeys).
+    CaFile(PathBuf),
+    /// The `BASTION_TRUSTED_USER_CA_KEYS` environment variable.
+    CaEnv,
 }
 
 impl fmt::Display for Source {
@@ -30,6 +34,8 @@ impl fmt::Display for Source {
         match self {
             Source::File(p) => write!(f, "{}", p.display()),
             Source::Env => f.write_str(crate::cli::ENV_AUTHORIZED_KEYS_TEXT),
+            Source::CaFile(p) => write!(f, "{}", p.display()),
+            Source::CaEnv => f.write_str(crate::cli::ENV_TRUSTED_CA_TEXT),
         }
     }
 }
@@ -98,24 +104,74 @@ impl AuthorizedKeys {
         this
     }
 
+    /// Reads trusted CA keys (OpenSSH TrustedUserCAKeys: one public key per
+    /// line, no options). Each becomes a `cert-authority` entry.
+    pub fn load_cas(&mut self, files: &[PathBuf], env_text: Option<&str>) {
+        for path in files {
+            let source = Source::CaFile(path.clone());
+            match std::fs::read(path) {
+                Ok(bytes) => self.add_ca_text(source, &bytes),
+                Err(e) => self.unreadable.push(Problem { source, line: None, reason: format!("cannot read: {e}") }),
+            }
+        }
+        if let Some(text) = env_text {
+            self.add_ca_text(Source::CaEnv, text.as_bytes());
+        }
+    }
+
+    fn add_ca_text(&mut self, source: Source, bytes: &[u8]) {
+        for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+            let line = index + 1;
+            let parsed = parse_line(raw, index == 0).and_then(|entry| match entry {
+                Some((_, options)) if options != KeyOptions::default() => {
+                    Err("options are not allowed in a trusted CA keys file".to_string())
+                }
+                other => Ok(other),
+            });
+            match parsed {
+                Ok(None) => {}
+                Ok(Some((key, _))) => {
+                    let options = KeyOptions { cert_authority: true, ..KeyOptions::default() };
+                    self.push(source.clone(), line, key, options);
+                }
+                Err(reason) => self.skipped.push(Problem { source: source.clone(), line: Some(line), reason }),
+            }
+        }
+    }
+
+    /// Adds a key unless the same key is already listed in the same role.
+    fn push(&mut self, source: Source, line: usize, key: PublicKey, options: KeyOptions) {
+        if let Some(first) = self
+            .keys
+            .iter()
+            .find(|k| k.key.key_data() == key.key_data() && k.options.cert_authority == options.cert_authority)
+        {
+            let reason = format!("duplicate of {} line {}; ignored", first.source, first.line);
+            self.skipped.push(Problem { source, line: Some(line), reason });
+            return;
+        }
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let comment = key.comment().as_str_lossy().to_string();
+        self.keys.push(AuthorizedKey { key, fingerprint, comment, source, line, options });
+    }
+
+    /// The trusted CA that signed a certificate: a `cert-authority` entry with that key.
+    pub fn find_ca(&self, ca: &KeyData) -> Option<&AuthorizedKey> {
+        self.keys.iter().find(|k| k.options.cert_authority && k.key.key_data() == ca)
+    }
+
+    /// Whether any certificate authority is trusted.
+    pub fn has_cas(&self) -> bool {
+        self.keys.iter().any(|k| k.options.cert_authority)
+    }
+
     /// Parses one source's text and adds its keys.
     pub fn add_text(&mut self, source: Source, bytes: &[u8]) {
         for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
             let line = index + 1;
             match parse_line(raw, index == 0) {
                 Ok(None) => {}
-                Ok(Some((key, options))) => {
-                    if let Some(first) = self.keys.iter().find(|k| {
-                        k.key.key_data() == key.key_data() && k.options.cert_authority == options.cert_authority
-                    }) {
-                        let reason = format!("duplicate of {} line {}; ignored", first.source, first.line);
-                        self.skipped.push(Problem { source: source.clone(), line: Some(line), reason });
-                        continue;
-                    }
-                    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-                    let comment = key.comment().as_str_lossy().to_string();
-                    self.keys.push(AuthorizedKey { key, fingerprint, comment, source: source.clone(), line, options });
-                }
+                Ok(Some((key, options))) => self.push(source.clone(), line, key, options),
                 Err(reason) => self.skipped.push(Problem { source: source.clone(), line: Some(line), reason }),
             }
         }

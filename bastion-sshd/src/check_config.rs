@@ -9,7 +9,7 @@ use crate::policy::{DENIED_V4, DENIED_V6, PermitList};
 pub fn run(args: &ServerArgs) -> bool {
     let loaded = Loaded::load(args);
     let mut problems: Vec<String> = loaded.fatal_errors();
-    problems.extend(loaded.authorized_keys.skipped.iter().map(|p| format!("authorized keys {p} (line skipped)")));
+    problems.extend(loaded.key_problems.skipped.iter().map(|p| format!("keys {p} (line skipped)")));
 
     match &loaded.listen {
         Listen::Default => println!("listen: [::]:22 (default; 0.0.0.0:22 where IPv6 is off)"),
@@ -26,8 +26,12 @@ pub fn run(args: &ServerArgs) -> bool {
         println!("host key: {} from {}", key.describe(), key.source);
         println!("  known_hosts: {} {}", args.name, key.public_openssh());
     }
-    println!("authorized keys: {}", loaded.authorized_keys.len());
-    for key in loaded.authorized_keys.keys() {
+    let authorized = &loaded.keys.authorized;
+    let cas = authorized.keys().iter().filter(|k| k.options.cert_authority).count();
+    println!("authorized keys: {}", authorized.len() - cas);
+    println!("certificate authorities: {cas}");
+    println!("revoked keys: {}", loaded.keys.revoked.len());
+    for key in authorized.keys() {
         let role = if key.options.cert_authority { "CA for user certificates: " } else { "" };
         println!("  {role}{} {} {} ({} line {})", key.fingerprint, key.key_type(), key.comment, key.source, key.line);
         for line in key.options.describe() {

@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Environment variable holding authorized_keys *text* (how ECS injects a secret).
 pub const ENV_AUTHORIZED_KEYS_TEXT: &str = "BASTION_AUTHORIZED_KEYS";
+/// Environment variable holding trusted user CA public keys *text*.
+pub const ENV_TRUSTED_CA_TEXT: &str = "BASTION_TRUSTED_USER_CA_KEYS";
 /// Environment variable holding an OpenSSH private host key *text*.
 pub const ENV_HOST_KEY_TEXT: &str = "BASTION_HOST_KEY";
 
@@ -16,6 +18,7 @@ const AFTER_HELP: &str = "\
 Secrets as environment text (for ECS `secrets`):
   BASTION_AUTHORIZED_KEYS  authorized_keys text, in addition to --authorized-keys files
   BASTION_HOST_KEY         an OpenSSH private host key, in addition to --host-key files
+  BASTION_TRUSTED_USER_CA_KEYS  trusted user CA public keys, in addition to --trusted-user-ca-keys
 They are read from the environment only, never from the command line, where
 other processes could read them.
 
@@ -80,6 +83,29 @@ pub struct ServerArgs {
     /// Any user name is accepted for a listed key; the name is logged, not trusted.
     #[arg(long = "authorized-keys", value_name = "PATH", env = "BASTION_AUTHORIZED_KEYS_FILE", value_delimiter = ',')]
     pub authorized_keys: Vec<PathBuf>,
+
+    /// Public keys of certificate authorities whose user certificates may log in (OpenSSH
+    /// TrustedUserCAKeys; repeatable, or comma separated in the env var). The login user name
+    /// must be one of the certificate's principals. The keys' text may also be given in
+    /// BASTION_TRUSTED_USER_CA_KEYS_TEXT... see --help.
+    #[arg(
+        long = "trusted-user-ca-keys",
+        value_name = "PATH",
+        env = "BASTION_TRUSTED_USER_CA_KEYS_FILE",
+        value_delimiter = ','
+    )]
+    pub trusted_user_ca_keys: Vec<PathBuf>,
+
+    /// Revoked public keys, one per line (OpenSSH RevokedKeys; repeatable). A listed key
+    /// cannot log in, nor can a certificate for it or signed by it. An unreadable or
+    /// malformed file stops the server: revocation fails closed.
+    #[arg(long = "revoked-keys", value_name = "PATH", env = "BASTION_REVOKED_KEYS", value_delimiter = ',')]
+    pub revoked_keys: Vec<PathBuf>,
+
+    /// How often key files (--authorized-keys, --trusted-user-ca-keys, --revoked-keys) are
+    /// checked for changes; a change reloads them, as SIGHUP does. Live tunnels stay up.
+    #[arg(long, value_name = "DURATION", env = "BASTION_RELOAD_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub reload_poll_interval: Duration,
 
     /// Destinations tunnels may reach (repeatable, or comma separated): host:port, host:*,
     /// *:port, CIDR:port, [IPv6]:port. Default: any host and port outside the denied ranges

@@ -3,9 +3,9 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::authorized_keys::AuthorizedKeys;
-use crate::cli::{ENV_AUTHORIZED_KEYS_TEXT, ENV_HOST_KEY_TEXT, ServerArgs};
+use crate::cli::{ENV_HOST_KEY_TEXT, ServerArgs};
 use crate::hostkey::{self, HostKey, HostKeyError, Source};
+use crate::keys::{KeySources, KeyStore, LoadProblems, non_empty_env};
 use crate::policy::{PermitList, Policy};
 
 /// Port used when no `--listen` is given.
@@ -35,7 +35,11 @@ pub struct Loaded {
     /// Configured host keys (empty if none were configured or one was bad).
     pub host_keys: Vec<HostKey>,
     pub host_key_errors: Vec<HostKeyError>,
-    pub authorized_keys: AuthorizedKeys,
+    /// Where keys come from (kept for reloads).
+    pub key_sources: KeySources,
+    /// Authorized keys, trusted CAs, revoked keys.
+    pub keys: KeyStore,
+    pub key_problems: LoadProblems,
     /// The destination policy (`--permit-open`).
     pub policy: Policy,
     /// Bad `--permit-open` entries.
@@ -45,33 +49,28 @@ pub struct Loaded {
 impl Loaded {
     pub fn load(args: &ServerArgs) -> Self {
         let env_host_key = non_empty_env(ENV_HOST_KEY_TEXT);
-        let env_keys = non_empty_env(ENV_AUTHORIZED_KEYS_TEXT);
         let (host_keys, host_key_errors) = match hostkey::load(&args.host_keys, env_host_key.as_deref()) {
             Ok(keys) => (keys, Vec::new()),
             Err(errors) => (Vec::new(), errors),
         };
-        let authorized_keys = AuthorizedKeys::load(&args.authorized_keys, env_keys.as_deref());
+        let key_sources = KeySources::from_args(args);
+        let (keys, key_problems) = key_sources.load();
         let listen = if args.listen.is_empty() { Listen::Default } else { Listen::Explicit(args.listen.clone()) };
         let (policy, policy_errors) = match PermitList::parse_list(&args.permit_open.join(",")) {
             Ok(global) => (Policy { global }, Vec::new()),
             Err(e) => (Policy::default(), vec![format!("--permit-open / BASTION_PERMIT_OPEN: {e}")]),
         };
-        Self { listen, host_keys, host_key_errors, authorized_keys, policy, policy_errors }
+        Self { listen, host_keys, host_key_errors, key_sources, keys, key_problems, policy, policy_errors }
     }
 
     /// Problems that stop the server from starting: a bad host key (the
-    /// server's identity would change), an unreadable source (a key that
-    /// should work would not), or no usable key at all (nobody could log in).
+    /// server's identity would change), a bad `--permit-open`, an unreadable
+    /// key source (a key that should work would not, a revocation that should
+    /// apply would not), or no usable key at all (nobody could log in).
     pub fn fatal_errors(&self) -> Vec<String> {
         let mut errors: Vec<String> = self.host_key_errors.iter().map(|e| e.to_string()).collect();
         errors.extend(self.policy_errors.iter().cloned());
-        errors.extend(self.authorized_keys.unreadable.iter().map(|p| format!("authorized keys {p}")));
-        if self.authorized_keys.is_empty() {
-            errors.push(format!(
-                "no usable authorized key: give --authorized-keys PATH (or BASTION_AUTHORIZED_KEYS_FILE) \
-                 or the keys themselves in {ENV_AUTHORIZED_KEYS_TEXT}"
-            ));
-        }
+        errors.extend(self.key_problems.fatal.iter().cloned());
         errors
     }
 
@@ -83,9 +82,4 @@ impl Loaded {
             (std::mem::take(&mut self.host_keys), false)
         }
     }
-}
-
-/// An environment variable's value, treating empty as unset (ECS writes empty strings).
-fn non_empty_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }

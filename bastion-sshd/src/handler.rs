@@ -9,15 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use russh::keys::{Certificate, HashAlg};
+use russh::keys::Certificate;
 use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
 use tokio::sync::{oneshot, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::auth::{self, Identity};
-use crate::authorized_keys::AuthorizedKeys;
-use crate::policy::{Decision, Policy, SystemResolver, Target};
+use crate::auth::{self, Credential, Identity};
+use crate::keys::LiveKeys;
+use crate::policy::{Decision, KeyRights, Policy, SystemResolver, Target};
 use crate::server::Drain;
 use crate::{session, tunnel};
 
@@ -32,8 +32,10 @@ const STDERR: u32 = 1;
 
 /// What every connection needs from the server, shared read-only.
 pub struct Shared {
-    /// Keys that may log in.
-    pub authorized_keys: AuthorizedKeys,
+    /// Keys that may log in, CAs, revoked keys; replaced whole on reload.
+    pub keys: Arc<LiveKeys>,
+    /// Bumped after each successful reload: sessions then judge their credential again.
+    pub keys_generation: watch::Receiver<u64>,
     /// The one place that decides which targets a key may reach.
     pub policy: Policy,
     /// Deadline for resolving and connecting to a tunnel target.
@@ -74,6 +76,12 @@ pub struct Signals {
     sessions: Mutex<Vec<ChannelId>>,
     /// Open tunnels of this connection; draining waits for zero.
     pub open_tunnels: watch::Sender<usize>,
+    /// When the certificate used to log in expires: the session ends then.
+    pub certificate_expiry: Mutex<Option<SystemTime>>,
+    /// What the session logged in with, for re-checks after a reload.
+    pub credential: Mutex<Option<Credential>>,
+    /// Tunnel rights from the latest re-check (a reload may change permitopen).
+    pub rights: Mutex<Option<KeyRights>>,
 }
 
 impl Default for Signals {
@@ -83,6 +91,9 @@ impl Default for Signals {
             tried_auth: AtomicBool::new(false),
             sessions: Mutex::new(Vec::new()),
             open_tunnels: watch::Sender::new(0),
+            certificate_expiry: Mutex::new(None),
+            credential: Mutex::new(None),
+            rights: Mutex::new(None),
         }
     }
 }
@@ -267,15 +278,15 @@ impl Handler for ConnectionHandler {
     /// exist and costs a signature check; answer only for listed keys.
     async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
         self.signals.tried_auth.store(true, Ordering::Relaxed);
-        match auth::check(
-            &self.shared.authorized_keys,
+        match auth::check_offer(
+            &self.shared.keys.get(),
             user,
             offer.public_key,
             offer.algorithm,
             self.conn.peer.ip(),
             SystemTime::now(),
         ) {
-            Ok(_) => Ok(Auth::Accept),
+            Ok(()) => Ok(Auth::Accept),
             Err(refusal) => {
                 info!(
                     target: "audit",
@@ -297,7 +308,7 @@ impl Handler for ConnectionHandler {
 
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
         match auth::check(
-            &self.shared.authorized_keys,
+            &self.shared.keys.get(),
             user,
             key.public_key,
             key.algorithm,
@@ -319,10 +330,17 @@ impl Handler for ConnectionHandler {
                     "auth accepted: {} {} ({}) for {user:?}", identity.algorithm, identity.fingerprint, identity.comment
                 );
                 self.identity = Some(identity);
+                if let Ok(mut credential) = self.signals.credential.lock() {
+                    *credential = Some(Credential::Key {
+                        user: user.to_string(),
+                        key: key.public_key.clone(),
+                        algorithm: key.algorithm.clone(),
+                    });
+                }
                 Ok(Auth::Accept)
             }
             Err(refusal) => {
-                warn!(
+                info!(
                     target: "audit",
                     event = "auth.refused",
                     conn = %self.conn.id,
@@ -339,18 +357,63 @@ impl Handler for ConnectionHandler {
     }
 
     async fn auth_openssh_certificate(&mut self, user: &str, certificate: &Certificate) -> Result<Auth, Self::Error> {
-        info!(
-            target: "audit",
-            event = "auth.refused",
-            conn = %self.conn.id,
-            peer = %self.conn.peer,
+        let principals = certificate.valid_principals().join(",");
+        match auth::check_certificate(
+            &self.shared.keys.get(),
             user,
-            method = "publickey",
-            fingerprint = %certificate.public_key().fingerprint(HashAlg::Sha256),
-            reason = "user certificates are not accepted yet",
-            "auth refused: certificate for {user:?}"
-        );
-        Ok(Auth::reject())
+            certificate,
+            self.conn.peer.ip(),
+            SystemTime::now(),
+        ) {
+            Ok(identity) => {
+                let Some(cert) = identity.certificate.as_ref() else { return Ok(Auth::reject()) };
+                info!(
+                    target: "audit",
+                    event = "auth.accepted",
+                    conn = %self.conn.id,
+                    peer = %self.conn.peer,
+                    user,
+                    method = "publickey",
+                    algorithm = %identity.algorithm,
+                    fingerprint = %identity.fingerprint,
+                    cert_key_id = %cert.key_id,
+                    cert_serial = cert.serial,
+                    cert_principals = %cert.principals.join(","),
+                    ca_fingerprint = %cert.ca_fingerprint,
+                    listed_at = %identity.listed_at,
+                    "auth accepted: certificate {:?} serial {} ({}) for {user:?}",
+                    cert.key_id, cert.serial, principals
+                );
+                if let Some(until) = cert.valid_before
+                    && let Ok(mut expiry) = self.signals.certificate_expiry.lock()
+                {
+                    *expiry = Some(until);
+                }
+                if let Ok(mut credential) = self.signals.credential.lock() {
+                    *credential =
+                        Some(Credential::Certificate { user: user.to_string(), cert: Box::new(certificate.clone()) });
+                }
+                self.identity = Some(identity);
+                Ok(Auth::Accept)
+            }
+            Err(refusal) => {
+                info!(
+                    target: "audit",
+                    event = "auth.refused",
+                    conn = %self.conn.id,
+                    peer = %self.conn.peer,
+                    user,
+                    method = "publickey",
+                    fingerprint = %refusal.fingerprint,
+                    cert_key_id = certificate.key_id(),
+                    cert_serial = certificate.serial(),
+                    cert_principals = %principals,
+                    reason = %refusal.reason,
+                    "auth refused: certificate {:?} for {user:?}: {}", certificate.key_id(), refusal.reason
+                );
+                Ok(Auth::reject())
+            }
+        }
     }
 
     async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
@@ -539,11 +602,14 @@ impl Handler for ConnectionHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.tunnels_requested += 1;
-        let Some(identity) = self.identity.clone() else {
+        let Some(mut identity) = self.identity.clone() else {
             // russh only opens channels after authentication; be explicit anyway.
             reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             return Ok(());
         };
+        if let Some(rights) = self.signals.rights.lock().ok().and_then(|r| r.clone()) {
+            identity.rights = rights; // as re-judged after the latest key reload
+        }
         let log = TunnelLog {
             conn: self.conn.clone(),
             tunnel: format!("{}.{}", self.conn.id, self.tunnels_requested),

@@ -20,11 +20,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::auth;
 use crate::cli::ServerArgs;
 use crate::config::{Listen, Loaded};
 use crate::handler::{Connection, ConnectionHandler, Shared, Signals, TunnelStats};
 use crate::hostkey::HostKey;
+use crate::keys::{KeyStore, LiveKeys, LoadProblems};
 use crate::limits::{Admission, Limits, Ticket};
+use crate::reload;
 use crate::session;
 
 /// The identification string. It names the product, not the SSH library or
@@ -97,13 +100,30 @@ fn russh_config(args: &ServerArgs, host_keys: &[HostKey]) -> Config {
     }
 }
 
+/// Warns about each skipped line.
+fn log_skipped(problems: &LoadProblems) {
+    for problem in &problems.skipped {
+        warn!(event = "config.problem", source = %problem.source, line = problem.line, reason = %problem.reason,
+            "keys {problem} (line skipped)");
+    }
+}
+
+/// Logs each key in force.
+fn log_keys(store: &KeyStore) {
+    for key in store.authorized.keys() {
+        let role = if key.options.cert_authority { "certificate authority" } else { "authorized key" };
+        info!(event = "authorized_key.loaded", fingerprint = %key.fingerprint, key_type = %key.key_type(),
+            comment = %key.comment, source = %key.source, line = key.line, role, "{role} {} {}", key.fingerprint, key.comment);
+    }
+    if store.revoked.len() > 0 {
+        info!(event = "revoked_keys.loaded", count = store.revoked.len(), "{} revoked key(s)", store.revoked.len());
+    }
+}
+
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut loaded = Loaded::load(&args);
-    for problem in &loaded.authorized_keys.skipped {
-        warn!(event = "config.problem", source = %problem.source, line = problem.line, reason = %problem.reason,
-            "authorized keys {problem} (line skipped)");
-    }
+    log_skipped(&loaded.key_problems);
     let fatal = loaded.fatal_errors();
     if !fatal.is_empty() {
         for e in &fatal {
@@ -129,16 +149,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             "host key {} from {}", key.describe(), key.source
         );
     }
-    for key in loaded.authorized_keys.keys() {
-        info!(event = "authorized_key.loaded", fingerprint = %key.fingerprint, key_type = %key.key_type(),
-            comment = %key.comment, source = %key.source, line = key.line, "authorized key {} {}", key.fingerprint, key.comment);
-    }
+    log_keys(&loaded.keys);
 
     let config = Arc::new(russh_config(&args, &host_keys));
+    let live_keys = Arc::new(LiveKeys::new(std::mem::take(&mut loaded.keys)));
+    let (generation_tx, generation_rx) = watch::channel(0u64);
+    tokio::spawn(reload::run(loaded.key_sources.clone(), live_keys.clone(), args.reload_poll_interval, generation_tx));
     // Some(deadline) once the server is stopping: tunnels may finish until then.
     let (drain_tx, drain_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
-        authorized_keys: std::mem::take(&mut loaded.authorized_keys),
+        keys: live_keys.clone(),
+        keys_generation: generation_rx,
         policy: loaded.policy.clone(),
         connect_timeout: args.connect_timeout,
         name: args.name.clone(),
@@ -347,6 +368,8 @@ impl ConnectionTask {
 
     /// Serves the connection; says why and how it ended.
     async fn serve(&mut self, stream: TcpStream, conn: Connection) -> Ended {
+        let conn_id = conn.id.clone();
+        let peer = conn.peer;
         let deadline = Instant::now() + self.deadlines.login_grace_time;
         let signals = Arc::new(Signals::default());
         let mut authenticated = signals.authenticated.subscribe();
@@ -372,6 +395,8 @@ impl ConnectionTask {
         let mut drain_deadline: Option<Instant> = None;
         let mut closing = false;
         let mut is_authenticated = false;
+        let mut expiry: Option<Instant> = None;
+        let mut generation = self.shared.keys_generation.clone();
         let mut reason = None;
         loop {
             tokio::select! {
@@ -387,7 +412,41 @@ impl ConnectionTask {
                     if changed.is_ok() && *authenticated.borrow_and_update() {
                         is_authenticated = true;
                         self.ticket.authenticated();
+                        expiry = signals.certificate_expiry.lock().ok().and_then(|e| *e).map(instant_at);
+                        generation.mark_unchanged();
                     }
+                }
+                changed = generation.changed(), if is_authenticated && !closing => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let credential = signals.credential.lock().ok().and_then(|c| c.clone());
+                    let Some(credential) = credential else { continue };
+                    let store = self.shared.keys.get();
+                    match auth::recheck(&store, &credential, peer.ip(), std::time::SystemTime::now()) {
+                        Ok(identity) => {
+                            if let Ok(mut rights) = signals.rights.lock() {
+                                *rights = Some(identity.rights);
+                            }
+                        }
+                        Err(refusal) => {
+                            closing = true;
+                            reason = Some(format!("keys reloaded: {}", refusal.reason));
+                            info!(target: "audit", event = "session.revoked", conn = %conn_id, fingerprint = %refusal.fingerprint,
+                                reason = %refusal.reason, "closing the session after a key reload: {}", refusal.reason);
+                            let _ = handle
+                                .disconnect(Disconnect::ByApplication, "your key is no longer authorized".into(), "en".into())
+                                .await;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() && !closing => {
+                    closing = true;
+                    reason = Some("certificate expired".to_string());
+                    info!(target: "audit", event = "session.expired", conn = %conn_id, "certificate expired: closing the session");
+                    let _ = handle
+                        .disconnect(Disconnect::ByApplication, "your certificate has expired".into(), "en".into())
+                        .await;
                 }
                 _ = tokio::time::sleep_until(deadline), if !grace_over => {
                     grace_over = true;
@@ -463,6 +522,12 @@ async fn stopping(drain: &mut Drain) -> Instant {
         Err(_) => None,
     };
     deadline.unwrap_or_else(Instant::now)
+}
+
+/// The monotonic instant at a wall-clock time (now if it has passed).
+fn instant_at(at: std::time::SystemTime) -> Instant {
+    let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    Instant::now() + left
 }
 
 /// Resolves when the connection has no open tunnel.

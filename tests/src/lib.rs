@@ -401,6 +401,11 @@ impl Server {
     /// `ssh -N -L …` with one or more forwards `(target host, target port)`;
     /// returns the client and the local port of each forward once all listen.
     pub fn tunnel(&self, key: &ClientKey, targets: &[(&str, u16)], extra: &[&str]) -> (Proc, Vec<u16>) {
+        self.tunnel_as(key, "tunnel", targets, extra)
+    }
+
+    /// [`Server::tunnel`] logging in as `user` (a certificate principal, say).
+    pub fn tunnel_as(&self, key: &ClientKey, user: &str, targets: &[(&str, u16)], extra: &[&str]) -> (Proc, Vec<u16>) {
         for _attempt in 0..5 {
             let ports: Vec<u16> = targets.iter().map(|_| free_port()).collect();
             let mut cmd = self.ssh(key);
@@ -408,7 +413,7 @@ impl Server {
             for ((host, port), local) in targets.iter().zip(&ports) {
                 cmd.arg("-L").arg(format!("127.0.0.1:{local}:{host}:{port}"));
             }
-            cmd.arg(self.destination("tunnel"));
+            cmd.arg(self.destination(user));
             let proc = Proc::spawn(cmd, Stdio::null());
             if wait_forwards(&proc, &ports) {
                 return (proc, ports);
@@ -659,4 +664,19 @@ pub fn closed_without_banner(mut stream: &TcpStream) -> bool {
             false
         }
     }
+}
+
+/// Signs `key` into an OpenSSH user certificate with `ssh-keygen -s`;
+/// `extra` are further ssh-keygen arguments (`-V`, `-O`, `-h`). Returns the
+/// certificate file (`<key>-cert.pub`, which ssh picks up next to the key).
+pub fn sign_certificate(ca: &ClientKey, key: &ClientKey, id: &str, principals: &str, extra: &[&str]) -> PathBuf {
+    let public = PathBuf::from(format!("{}.pub", key.private.display()));
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.arg("-q").arg("-s").arg(&ca.private).args(["-I", id, "-z", "42"]);
+    if !principals.is_empty() {
+        cmd.args(["-n", principals]);
+    }
+    let out = cmd.args(extra).arg(&public).output().expect("ssh-keygen -s");
+    assert!(out.status.success(), "ssh-keygen -s failed: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(format!("{}-cert.pub", key.private.display()))
 }

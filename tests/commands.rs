@@ -20,7 +20,12 @@ fn setup() -> (TempDir, ClientKey) {
 
 fn bastion(args: &[&str]) -> Command {
     let mut cmd = Command::new(bastion_bin());
-    cmd.args(args).env_remove("BASTION_AUTHORIZED_KEYS").env_remove("BASTION_HOST_KEY");
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("BASTION_") {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.args(args);
     cmd
 }
 
@@ -272,4 +277,41 @@ fn sigterm_closes_connections_and_exits_cleanly() {
     // The client was told and exits; no new connections are accepted.
     assert!(ssh.wait_exit(READY).is_some(), "ssh still running after the server stopped");
     assert!(TcpStream::connect(server.addr).is_err());
+}
+
+#[test]
+fn check_config_reports_every_kind_of_problem_with_its_line() {
+    let (dir, key) = setup();
+    let ca = ClientKey::generate(dir.path(), "ca", "ed25519", None);
+    let keys = dir.path().join("authorized_keys");
+    std::fs::write(&keys, format!("{}\nno-such-option {}\n", key.public_line, ca.public_line)).unwrap();
+    let cas = dir.path().join("trusted_cas");
+    std::fs::write(&cas, format!("# CAs\n{}\nrestrict {}\n", ca.public_line, key.public_line)).unwrap();
+    let revoked = dir.path().join("revoked");
+    std::fs::write(&revoked, "ssh-ed25519 not-base64\n").unwrap();
+    let host_key = dir.path().join("host_key");
+    std::fs::write(&host_key, "junk").unwrap();
+    let out = bastion(&["check-config", "--permit-open", "db"])
+        .arg("--authorized-keys")
+        .arg(&keys)
+        .arg("--trusted-user-ca-keys")
+        .arg(&cas)
+        .arg("--revoked-keys")
+        .arg(&revoked)
+        .arg("--host-key")
+        .arg(&host_key)
+        .output()
+        .unwrap();
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for expected in [
+        format!("{} line 2: unknown option \"no-such-option\"", keys.display()),
+        format!("{} line 3: options are not allowed in a trusted CA keys file", cas.display()),
+        format!("revoked keys {} line 1: not a public key", revoked.display()),
+        format!("host key {}: not an OpenSSH private key", host_key.display()),
+        "--permit-open / BASTION_PERMIT_OPEN: permit entry \"db\"".to_string(),
+    ] {
+        assert!(stdout.contains(&expected), "missing {expected:?} in:\n{stdout}");
+    }
+    assert!(stdout.contains("certificate authorities: 1"), "{stdout}");
 }

@@ -2,7 +2,7 @@
 //! within --drain-timeout, the rest are cut, and the process exits 0.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::thread;
@@ -15,25 +15,6 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// A target that waits for one byte, then sends `data` and closes.
-fn on_demand_target(data: Vec<u8>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let data = data.clone();
-            thread::spawn(move || {
-                let mut go = [0u8; 1];
-                if stream.read_exact(&mut go).is_ok() {
-                    let _ = stream.write_all(&data);
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[test]
 fn sigterm_lets_a_running_transfer_finish_and_refuses_new_tunnels() {
     require("ssh", "openssh-client");
@@ -41,7 +22,7 @@ fn sigterm_lets_a_running_transfer_finish_and_refuses_new_tunnels() {
     let key = ClientKey::generate(dir.path(), "alice", "ed25519", None);
     let mut server = ServerBuilder::new(dir.path()).authorize(&[&key]).start();
     let data = pattern(10 * MIB, 5);
-    let target = on_demand_target(data.clone());
+    let (target, _started) = on_demand_target(data.clone());
 
     // ssh -L without -N: a session channel, where the shutdown notice appears.
     let port = free_port();

@@ -2,7 +2,7 @@
 //! sessions whose key was removed or revoked are closed.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
@@ -27,29 +27,6 @@ fn logged_in(server: &Server, key: &ClientKey) -> bool {
     out.status.code() == Some(1) && String::from_utf8_lossy(&out.stderr).contains("commands are not run")
 }
 
-/// A target that waits for one byte, then sends `data` in 64 KiB pieces and
-/// closes; `started` hears when the first piece is out.
-fn on_demand_target(data: Vec<u8>, started: mpsc::Sender<()>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        let Ok((mut stream, _)) = listener.accept() else { return };
-        let mut go = [0u8; 1];
-        if stream.read_exact(&mut go).is_err() {
-            return;
-        }
-        for (i, piece) in data.chunks(64 * 1024).enumerate() {
-            if stream.write_all(piece).is_err() {
-                return;
-            }
-            if i == 0 {
-                let _ = started.send(());
-            }
-        }
-    });
-    addr
-}
-
 #[test]
 fn sighup_reloads_keys_while_a_transfer_runs() {
     require("ssh", "openssh-client");
@@ -66,8 +43,7 @@ fn sighup_reloads_keys_while_a_transfer_runs() {
     assert!(!logged_in(&server, &bob));
 
     let data = pattern(10 * MIB, 9);
-    let (started_tx, started) = mpsc::channel();
-    let target = on_demand_target(data.clone(), started_tx);
+    let (target, started) = on_demand_target(data.clone());
     let (_ssh, ports) = server.tunnel(&alice, &[("127.0.0.1", target.port())], &[]);
     let mut stream = connect_retry(local(ports[0]));
     stream.write_all(b"g").unwrap();

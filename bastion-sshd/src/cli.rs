@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Environment variable holding authorized_keys *text* (how ECS injects a secret).
 pub const ENV_AUTHORIZED_KEYS_TEXT: &str = "BASTION_AUTHORIZED_KEYS";
 /// Environment variable holding trusted user CA public keys *text*.
-pub const ENV_TRUSTED_CA_TEXT: &str = "BASTION_TRUSTED_USER_CA_KEYS";
+pub const ENV_TRUSTED_CA_TEXT: &str = "BASTION_TRUSTED_USER_CA_KEYS_TEXT";
 /// Environment variable holding an OpenSSH private host key *text*.
 pub const ENV_HOST_KEY_TEXT: &str = "BASTION_HOST_KEY";
 
@@ -18,7 +18,7 @@ const AFTER_HELP: &str = "\
 Secrets as environment text (for ECS `secrets`):
   BASTION_AUTHORIZED_KEYS  authorized_keys text, in addition to --authorized-keys files
   BASTION_HOST_KEY         an OpenSSH private host key, in addition to --host-key files
-  BASTION_TRUSTED_USER_CA_KEYS  trusted user CA public keys, in addition to --trusted-user-ca-keys
+  BASTION_TRUSTED_USER_CA_KEYS_TEXT  trusted user CA public keys, in addition to --trusted-user-ca-keys
 They are read from the environment only, never from the command line, where
 other processes could read them.
 
@@ -84,14 +84,14 @@ pub struct ServerArgs {
     #[arg(long = "authorized-keys", value_name = "PATH", env = "BASTION_AUTHORIZED_KEYS_FILE", value_delimiter = ',')]
     pub authorized_keys: Vec<PathBuf>,
 
-    /// Public keys of certificate authorities whose user certificates may log in (OpenSSH
+    /// File of certificate authority public keys whose user certificates may log in (OpenSSH
     /// TrustedUserCAKeys; repeatable, or comma separated in the env var). The login user name
-    /// must be one of the certificate's principals. The keys' text may also be given in
-    /// BASTION_TRUSTED_USER_CA_KEYS_TEXT... see --help.
+    /// must be one of the certificate's principals. (`cert-authority` lines in authorized_keys
+    /// also trust a CA, with options.)
     #[arg(
         long = "trusted-user-ca-keys",
         value_name = "PATH",
-        env = "BASTION_TRUSTED_USER_CA_KEYS_FILE",
+        env = "BASTION_TRUSTED_USER_CA_KEYS",
         value_delimiter = ','
     )]
     pub trusted_user_ca_keys: Vec<PathBuf>,

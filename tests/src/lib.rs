@@ -17,22 +17,6 @@ use serde_json::Value;
 /// How long any readiness wait may take before the test fails.
 pub const READY: Duration = Duration::from_secs(30);
 
-/// Environment variables the server reads; cleared so the caller's shell cannot leak in.
-const SERVER_ENV: &[&str] = &[
-    "BASTION_LISTEN",
-    "BASTION_HOST_KEY_FILE",
-    "BASTION_HOST_KEY",
-    "BASTION_AUTHORIZED_KEYS_FILE",
-    "BASTION_AUTHORIZED_KEYS",
-    "BASTION_CONNECT_TIMEOUT",
-    "BASTION_LOGIN_GRACE_TIME",
-    "BASTION_KEEPALIVE_INTERVAL",
-    "BASTION_KEEPALIVE_MAX",
-    "BASTION_NAME",
-    "BASTION_LOG_FORMAT",
-    "RUST_LOG",
-];
-
 /// The `bastion-sshd` binary built by `cargo build -p bastion-sshd`
 /// (next to this test binary), or `$BASTION_SSHD_BIN`.
 pub fn bastion_bin() -> PathBuf {
@@ -244,8 +228,11 @@ pub struct ServerBuilder {
 impl ServerBuilder {
     pub fn new(dir: &Path) -> Self {
         let mut cmd = Command::new(bastion_bin());
-        for var in SERVER_ENV {
-            cmd.env_remove(var);
+        // The server's configuration comes from the test alone, not the caller's shell.
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("BASTION_") || var == "RUST_LOG" {
+                cmd.env_remove(var);
+            }
         }
         cmd.args(["run", "--log-format", "json"]);
         Self { cmd, dir: dir.to_path_buf() }
@@ -679,4 +666,29 @@ pub fn sign_certificate(ca: &ClientKey, key: &ClientKey, id: &str, principals: &
     let out = cmd.args(extra).arg(&public).output().expect("ssh-keygen -s");
     assert!(out.status.success(), "ssh-keygen -s failed: {}", String::from_utf8_lossy(&out.stderr));
     PathBuf::from(format!("{}-cert.pub", key.private.display()))
+}
+
+/// A target that waits for one byte, then sends `data` in 64 KiB pieces and
+/// closes, like a database answering a big query. The receiver hears when
+/// the first piece is out: the transfer is then under way.
+pub fn on_demand_target(data: Vec<u8>) -> (SocketAddr, std::sync::mpsc::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else { return };
+        let mut go = [0u8; 1];
+        if stream.read_exact(&mut go).is_err() {
+            return;
+        }
+        for (i, piece) in data.chunks(64 * 1024).enumerate() {
+            if stream.write_all(piece).is_err() {
+                return;
+            }
+            if i == 0 {
+                let _ = started_tx.send(());
+            }
+        }
+    });
+    (addr, started)
 }

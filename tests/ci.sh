@@ -15,7 +15,8 @@ die() { printf 'tests/ci.sh: %s\n' "$*" >&2; exit 1; }
 # command -> Debian package that provides it
 declare -A TOOLS=(
   [ssh]=openssh-client [ssh-keygen]=openssh-client [ssh-agent]=openssh-client [sftp]=openssh-client
-  [psql]=postgresql-client [kill]=procps [ss]=iproute2 [runuser]=util-linux [cc]=gcc
+  [psql]=postgresql-client [kill]=procps [pkill]=procps [ss]=iproute2 [runuser]=util-linux [cc]=gcc
+  [curl]=curl [shellcheck]=shellcheck
 )
 missing=()
 for tool in "${!TOOLS[@]}"; do
@@ -65,6 +66,9 @@ fi
 say "toolchain: $(rustc --version); $(ssh -V 2>&1); $(psql --version); ssh-audit $SSH_AUDIT_VERSION"
 
 # --- checks -----------------------------------------------------------------
+say "shellcheck"
+shellcheck .ci/run tests/*.sh
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -76,5 +80,8 @@ cargo build -p bastion-sshd --locked
 
 say "tests"
 cargo test --workspace --locked
+
+say "README quick start, as written (release build)"
+bash tests/quickstart.sh
 
 say "all tests passed"

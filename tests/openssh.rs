@@ -413,3 +413,17 @@ fn tunnels_end_with_their_ssh_connection() {
     assert_eq!(closed["bytes_down"], 0);
     server.wait_event("connection.closed", |_| true);
 }
+
+#[test]
+fn x11_forwarding_is_refused() {
+    let (dir, key) = setup();
+    let server = server(&dir, &[&key]);
+    let mut cmd = server.ssh(&key);
+    // No X server is needed: ssh asks before anything would connect to it.
+    cmd.args(["-X", "-tt"]).arg(server.destination("dev")).env("DISPLAY", "127.0.0.1:99");
+    let mut ssh = Proc::spawn(cmd, Stdio::piped());
+    let refused = server.wait_event("request.refused", |e| e["request"] == "x11-req");
+    assert!(refused["reason"].as_str().unwrap().contains("X11"));
+    ssh.child.stdin.as_mut().unwrap().write_all(&[0x04]).unwrap();
+    assert!(ssh.wait_exit(READY).is_some());
+}

@@ -40,6 +40,31 @@ impl fmt::Display for Source {
     }
 }
 
+/// The two kinds of key file.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// OpenSSH authorized_keys: keys with options, `cert-authority` lines.
+    AuthorizedKeys,
+    /// OpenSSH TrustedUserCAKeys: bare CA public keys.
+    TrustedCas,
+}
+
+impl Kind {
+    fn file(self, path: &std::path::Path) -> Source {
+        match self {
+            Kind::AuthorizedKeys => Source::File(path.to_path_buf()),
+            Kind::TrustedCas => Source::CaFile(path.to_path_buf()),
+        }
+    }
+
+    fn env(self) -> Source {
+        match self {
+            Kind::AuthorizedKeys => Source::Env,
+            Kind::TrustedCas => Source::CaEnv,
+        }
+    }
+}
+
 /// One key allowed to log in.
 #[derive(Debug, Clone)]
 pub struct AuthorizedKey {
@@ -88,52 +113,53 @@ pub struct AuthorizedKeys {
 }
 
 impl AuthorizedKeys {
-    /// Reads every file, then the environment text.
+    /// Reads every authorized_keys file, then the environment text.
     pub fn load(files: &[PathBuf], env_text: Option<&str>) -> Self {
         let mut this = Self::default();
-        for path in files {
-            let source = Source::File(path.clone());
-            match std::fs::read(path) {
-                Ok(bytes) => this.add_text(source, &bytes),
-                Err(e) => this.unreadable.push(Problem { source, line: None, reason: format!("cannot read: {e}") }),
-            }
-        }
-        if let Some(text) = env_text {
-            this.add_text(Source::Env, text.as_bytes());
-        }
+        this.read(Kind::AuthorizedKeys, files, env_text);
         this
     }
 
     /// Reads trusted CA keys (OpenSSH TrustedUserCAKeys: one public key per
     /// line, no options). Each becomes a `cert-authority` entry.
     pub fn load_cas(&mut self, files: &[PathBuf], env_text: Option<&str>) {
+        self.read(Kind::TrustedCas, files, env_text);
+    }
+
+    fn read(&mut self, kind: Kind, files: &[PathBuf], env_text: Option<&str>) {
         for path in files {
-            let source = Source::CaFile(path.clone());
+            let source = kind.file(path);
             match std::fs::read(path) {
-                Ok(bytes) => self.add_ca_text(source, &bytes),
+                Ok(bytes) => self.add(kind, source, &bytes),
                 Err(e) => self.unreadable.push(Problem { source, line: None, reason: format!("cannot read: {e}") }),
             }
         }
         if let Some(text) = env_text {
-            self.add_ca_text(Source::CaEnv, text.as_bytes());
+            self.add(kind, kind.env(), text.as_bytes());
         }
     }
 
-    fn add_ca_text(&mut self, source: Source, bytes: &[u8]) {
+    /// Parses one source's authorized_keys text and adds its keys.
+    #[cfg(test)]
+    pub fn add_text(&mut self, source: Source, bytes: &[u8]) {
+        self.add(Kind::AuthorizedKeys, source, bytes);
+    }
+
+    fn add(&mut self, kind: Kind, source: Source, bytes: &[u8]) {
         for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
             let line = index + 1;
-            let parsed = parse_line(raw, index == 0).and_then(|entry| match entry {
-                Some((_, options)) if options != KeyOptions::default() => {
+            let parsed = parse_line(raw, index == 0).and_then(|entry| match (kind, entry) {
+                (Kind::TrustedCas, Some((_, options))) if options != KeyOptions::default() => {
                     Err("options are not allowed in a trusted CA keys file".to_string())
                 }
-                other => Ok(other),
+                (Kind::TrustedCas, Some((key, _))) => {
+                    Ok(Some((key, KeyOptions { cert_authority: true, ..KeyOptions::default() })))
+                }
+                (_, other) => Ok(other),
             });
             match parsed {
                 Ok(None) => {}
-                Ok(Some((key, _))) => {
-                    let options = KeyOptions { cert_authority: true, ..KeyOptions::default() };
-                    self.push(source.clone(), line, key, options);
-                }
+                Ok(Some((key, options))) => self.push(source.clone(), line, key, options),
                 Err(reason) => self.skipped.push(Problem { source: source.clone(), line: Some(line), reason }),
             }
         }
@@ -163,18 +189,6 @@ impl AuthorizedKeys {
     /// Whether any certificate authority is trusted.
     pub fn has_cas(&self) -> bool {
         self.keys.iter().any(|k| k.options.cert_authority)
-    }
-
-    /// Parses one source's text and adds its keys.
-    pub fn add_text(&mut self, source: Source, bytes: &[u8]) {
-        for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
-            let line = index + 1;
-            match parse_line(raw, index == 0) {
-                Ok(None) => {}
-                Ok(Some((key, options))) => self.push(source.clone(), line, key, options),
-                Err(reason) => self.skipped.push(Problem { source: source.clone(), line: Some(line), reason }),
-            }
-        }
     }
 
     /// The login entry for this key, compared by key material (never by

@@ -6,7 +6,10 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use crate::cli::{ENV_HOST_KEY_TEXT, ServerArgs};
 use crate::hostkey::{self, HostKey, HostKeyError, Source};
 use crate::keys::{KeySources, KeyStore, LoadProblems, non_empty_env};
+use crate::limits::Limits;
 use crate::policy::{PermitList, Policy};
+
+use ipnet::IpNet;
 
 /// Port used when no `--listen` is given.
 pub const DEFAULT_PORT: u16 = 22;
@@ -44,6 +47,10 @@ pub struct Loaded {
     pub policy: Policy,
     /// Bad `--permit-open` entries.
     pub policy_errors: Vec<String>,
+    /// Connection limits and penalties.
+    pub limits: Limits,
+    /// Bad `--penalty-exempt` entries.
+    pub limit_errors: Vec<String>,
 }
 
 impl Loaded {
@@ -60,7 +67,38 @@ impl Loaded {
             Ok(global) => (Policy { global }, Vec::new()),
             Err(e) => (Policy::default(), vec![format!("--permit-open / BASTION_PERMIT_OPEN: {e}")]),
         };
-        Self { listen, host_keys, host_key_errors, key_sources, keys, key_problems, policy, policy_errors }
+        let mut limit_errors = Vec::new();
+        let penalty_exempt = args
+            .penalty_exempt
+            .iter()
+            .filter_map(|s| match s.trim().parse::<IpNet>() {
+                Ok(net) => Some(net),
+                Err(_) => {
+                    limit_errors.push(format!("--penalty-exempt / BASTION_PENALTY_EXEMPT: {s:?} is not a CIDR range"));
+                    None
+                }
+            })
+            .collect();
+        let limits = Limits {
+            max_connections: args.max_connections,
+            max_startups: args.max_startups,
+            per_source_max_startups: args.per_source_max_startups,
+            penalty: args.penalty,
+            penalty_max: args.penalty_max,
+            penalty_exempt,
+        };
+        Self {
+            listen,
+            host_keys,
+            host_key_errors,
+            key_sources,
+            keys,
+            key_problems,
+            policy,
+            policy_errors,
+            limits,
+            limit_errors,
+        }
     }
 
     /// Problems that stop the server from starting: a bad host key (the
@@ -70,6 +108,7 @@ impl Loaded {
     pub fn fatal_errors(&self) -> Vec<String> {
         let mut errors: Vec<String> = self.host_key_errors.iter().map(|e| e.to_string()).collect();
         errors.extend(self.policy_errors.iter().cloned());
+        errors.extend(self.limit_errors.iter().cloned());
         errors.extend(self.key_problems.fatal.iter().cloned());
         errors
     }

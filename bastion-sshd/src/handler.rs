@@ -18,7 +18,6 @@ use tracing::{debug, info};
 use crate::auth::{self, Credential, Identity};
 use crate::keys::LiveKeys;
 use crate::policy::{Decision, KeyRights, Policy, SystemResolver, Target};
-use crate::server::Drain;
 use crate::{session, tunnel};
 
 /// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED: the client prints our reason after it.
@@ -29,6 +28,9 @@ const OPEN_CONNECT_FAILED: u32 = 2;
 const OPEN_RESOURCE_SHORTAGE: u32 = 4;
 /// SSH_EXTENDED_DATA_STDERR.
 const STDERR: u32 = 1;
+
+/// `Some(deadline)` once the server is stopping: tunnels may finish until then.
+pub type Drain = watch::Receiver<Option<tokio::time::Instant>>;
 
 /// What every connection needs from the server, shared read-only.
 pub struct Shared {

@@ -40,6 +40,16 @@ pub struct LoadProblems {
     pub fatal: Vec<String>,
 }
 
+impl LoadProblems {
+    /// Warns about each skipped line; the other keys work.
+    pub fn log_skipped(&self) {
+        for problem in &self.skipped {
+            tracing::warn!(event = "config.problem", source = %problem.source, line = problem.line,
+                reason = %problem.reason, "keys {problem} (line skipped)");
+        }
+    }
+}
+
 impl KeySources {
     pub fn from_args(args: &ServerArgs) -> Self {
         Self {

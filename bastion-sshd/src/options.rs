@@ -148,27 +148,35 @@ impl KeyOptions {
     }
 }
 
-/// Splits `a,b="x,y",c` at commas outside double quotes. Stops at nothing:
-/// the caller passes the options field alone.
-fn split_options(field: &str) -> Result<Vec<&str>, String> {
+/// The characters of `text` outside double quotes, with their byte offsets
+/// (`\"` inside quotes does not end them), and whether every quote was closed.
+fn outside_quotes(text: &str) -> (Vec<(usize, char)>, bool) {
     let mut out = Vec::new();
-    let mut start = 0;
     let mut quoted = false;
     let mut escaped = false;
-    for (i, c) in field.char_indices() {
+    for (i, c) in text.char_indices() {
         match c {
             _ if escaped => escaped = false,
             '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
-            ',' if !quoted => {
-                out.push(&field[start..i]);
-                start = i + 1;
-            }
+            c if !quoted => out.push((i, c)),
             _ => {}
         }
     }
-    if quoted {
+    (out, !quoted)
+}
+
+/// Splits `a,b="x,y",c` at commas outside double quotes.
+fn split_options(field: &str) -> Result<Vec<&str>, String> {
+    let (outside, closed) = outside_quotes(field);
+    if !closed {
         return Err("unterminated quote in options".into());
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, _) in outside.into_iter().filter(|(_, c)| *c == ',') {
+        out.push(&field[start..i]);
+        start = i + 1;
     }
     out.push(&field[start..]);
     if out.iter().any(|o| o.is_empty()) {
@@ -192,18 +200,10 @@ pub fn split_line(line: &str) -> (Option<&str>, &str) {
     if is_key_type {
         return (None, line);
     }
-    let mut quoted = false;
-    let mut escaped = false;
-    for (i, c) in line.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            c if c.is_whitespace() && !quoted => return (Some(&line[..i]), line[i..].trim_start()),
-            _ => {}
-        }
+    match outside_quotes(line).0.into_iter().find(|(_, c)| c.is_whitespace()) {
+        Some((i, _)) => (Some(&line[..i]), line[i..].trim_start()),
+        None => (Some(line), ""),
     }
-    (Some(line), "")
 }
 
 /// `from="pattern-list"`: addresses with `*`/`?` wildcards, CIDR ranges, `!` negation.

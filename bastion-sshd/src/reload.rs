@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::Signal;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::keys::{KeySources, KeyStore, LiveKeys};
 
@@ -31,10 +31,7 @@ fn stamp(files: &[PathBuf]) -> Stamp {
 /// Loads `sources` and, if the result is usable, puts it in force. Returns whether it did.
 pub fn reload(sources: &KeySources, live: &LiveKeys, why: &str) -> bool {
     let (store, problems): (KeyStore, _) = sources.load();
-    for problem in &problems.skipped {
-        warn!(event = "config.problem", source = %problem.source, line = problem.line, reason = %problem.reason,
-            "keys {problem} (line skipped)");
-    }
+    problems.log_skipped();
     if !problems.fatal.is_empty() {
         for e in &problems.fatal {
             error!(event = "keys.reload_failed", trigger = why, error = %e, "reload ({why}) failed, keeping the keys in force: {e}");
@@ -55,16 +52,16 @@ pub fn reload(sources: &KeySources, live: &LiveKeys, why: &str) -> bool {
     true
 }
 
-/// Reloads on SIGHUP and when a key file changes (checked every `poll`).
+/// Reloads on SIGHUP (`hup`, installed by the caller before the server
+/// accepts anything) and when a key file changes (checked every `poll`).
 /// Each successful reload bumps `generation`, which connections watch.
-pub async fn run(sources: KeySources, live: Arc<LiveKeys>, poll: Duration, generation: watch::Sender<u64>) {
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(hup) => Some(hup),
-        Err(e) => {
-            error!(event = "keys.reload_failed", "cannot install the SIGHUP handler: {e}; reload on file change only");
-            None
-        }
-    };
+pub async fn run(
+    sources: KeySources,
+    live: Arc<LiveKeys>,
+    poll: Duration,
+    mut hup: Option<Signal>,
+    generation: watch::Sender<u64>,
+) {
     let files = sources.files();
     let mut last = stamp(&files);
     loop {

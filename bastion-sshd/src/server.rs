@@ -16,6 +16,7 @@ use russh::server::Config;
 use russh::{Disconnect, MethodKind, MethodSet, Preferred, SshId, cipher, kex, mac};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -23,10 +24,10 @@ use tracing::{error, info, warn};
 use crate::auth;
 use crate::cli::ServerArgs;
 use crate::config::{Listen, Loaded};
-use crate::handler::{Connection, ConnectionHandler, Shared, Signals, TunnelStats};
+use crate::handler::{Connection, ConnectionHandler, Drain, Shared, Signals, TunnelStats};
 use crate::hostkey::HostKey;
-use crate::keys::{KeyStore, LiveKeys, LoadProblems};
-use crate::limits::{Admission, Limits, Ticket};
+use crate::keys::{KeyStore, LiveKeys};
+use crate::limits::{Admission, Ticket};
 use crate::reload;
 use crate::session;
 
@@ -100,14 +101,6 @@ fn russh_config(args: &ServerArgs, host_keys: &[HostKey]) -> Config {
     }
 }
 
-/// Warns about each skipped line.
-fn log_skipped(problems: &LoadProblems) {
-    for problem in &problems.skipped {
-        warn!(event = "config.problem", source = %problem.source, line = problem.line, reason = %problem.reason,
-            "keys {problem} (line skipped)");
-    }
-}
-
 /// Logs each key in force.
 fn log_keys(store: &KeyStore) {
     for key in store.authorized.keys() {
@@ -122,8 +115,15 @@ fn log_keys(store: &KeyStore) {
 
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    // Signal handlers first: a signal that arrives before them would kill the process.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let hup = signal(SignalKind::hangup())
+        .map_err(|e| error!(event = "keys.reload_failed", "no SIGHUP handler ({e}); keys reload on file change only"))
+        .ok();
+
     let mut loaded = Loaded::load(&args);
-    log_skipped(&loaded.key_problems);
+    loaded.key_problems.log_skipped();
     let fatal = loaded.fatal_errors();
     if !fatal.is_empty() {
         for e in &fatal {
@@ -154,7 +154,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let config = Arc::new(russh_config(&args, &host_keys));
     let live_keys = Arc::new(LiveKeys::new(std::mem::take(&mut loaded.keys)));
     let (generation_tx, generation_rx) = watch::channel(0u64);
-    tokio::spawn(reload::run(loaded.key_sources.clone(), live_keys.clone(), args.reload_poll_interval, generation_tx));
+    tokio::spawn(reload::run(
+        loaded.key_sources.clone(),
+        live_keys.clone(),
+        args.reload_poll_interval,
+        hup,
+        generation_tx,
+    ));
     // Some(deadline) once the server is stopping: tunnels may finish until then.
     let (drain_tx, drain_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
@@ -169,7 +175,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tunnels: TunnelStats::default(),
     });
     let deadlines = Arc::new(Deadlines { login_grace_time: args.login_grace_time });
-    let admission = Admission::new(limits_from(&args)?);
+    let admission = Admission::new(loaded.limits.clone());
 
     let listeners = bind_all(&loaded.listen)?;
     // Every task holds a clone; when all are dropped, `recv` returns None: everything has finished.
@@ -192,7 +198,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     drop(done_tx);
 
-    let signal = wait_for_signal().await?;
+    let signal = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
     let open = shared.tunnels.open.load(Ordering::Relaxed);
     info!(
         event = "server.stopping",
@@ -214,16 +223,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         "stopped: {open} tunnel(s) open at {signal}, {drained} finished, {cut} cut at the drain timeout"
     );
     Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
 }
 
 /// Binds every listen address. The default is `[::]:22` accepting IPv6 and
@@ -491,28 +490,6 @@ impl ConnectionTask {
         }
     }
 }
-
-/// Builds the admission limits from the command line.
-fn limits_from(args: &ServerArgs) -> anyhow::Result<Limits> {
-    let penalty_exempt = args
-        .penalty_exempt
-        .iter()
-        .map(|s| {
-            s.trim().parse::<ipnet::IpNet>().map_err(|_| anyhow::anyhow!("--penalty-exempt: {s:?} is not a CIDR range"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    Ok(Limits {
-        max_connections: args.max_connections,
-        max_startups: args.max_startups,
-        per_source_max_startups: args.per_source_max_startups,
-        penalty: args.penalty,
-        penalty_max: args.penalty_max,
-        penalty_exempt,
-    })
-}
-
-/// `Some(deadline)` once the server is stopping: tunnels may finish until then.
-pub type Drain = watch::Receiver<Option<Instant>>;
 
 /// Resolves with the drain deadline once the server is stopping.
 async fn stopping(drain: &mut Drain) -> Instant {

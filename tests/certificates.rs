@@ -101,7 +101,7 @@ fn cert_authority_lines_with_principals_and_restrictions() {
 }
 
 #[test]
-fn validity_window_is_enforced() {
+fn validity_window_is_enforced_with_a_small_clock_skew_allowance() {
     let s = setup();
     let server = server_trusting_ca(&s, &[]);
     sign_certificate(&s.ca, &s.user, "expired", "alice", &["-V", "-2h:-1h"]);
@@ -110,6 +110,14 @@ fn validity_window_is_enforced() {
     assert!(!logged_in(&login_as(&server, &s.user, "alice")));
     sign_certificate(&s.ca, &s.user, "now", "alice", &["-V", "-1m:+1h"]);
     assert!(logged_in(&login_as(&server, &s.user, "alice")));
+    // A CA whose clock runs 30 s ahead: within the 60 s allowance.
+    sign_certificate(&s.ca, &s.user, "ahead", "alice", &["-V", "+30s:+1h"]);
+    assert!(logged_in(&login_as(&server, &s.user, "alice")));
+    // The end of the window is exact: expired 30 s ago is expired.
+    sign_certificate(&s.ca, &s.user, "just-expired", "alice", &["-V", "-1h:-30s"]);
+    assert!(!logged_in(&login_as(&server, &s.user, "alice")));
+    sign_certificate(&s.ca, &s.user, "ahead-5m", "alice", &["-V", "+5m:+1h"]);
+    assert!(!logged_in(&login_as(&server, &s.user, "alice")));
 }
 
 #[test]

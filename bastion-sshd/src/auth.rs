@@ -5,6 +5,7 @@
 
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::{Algorithm, Certificate, HashAlg, PublicKey};
+use russh::server::CERTIFICATE_CLOCK_SKEW;
 
 use crate::authorized_keys;
 use crate::keys::KeyStore;
@@ -155,10 +156,16 @@ pub fn check_certificate(
     if store.revoked.contains(cert.signature_key()) {
         return Err(refuse(format!("the certificate authority {} is revoked (--revoked-keys)", ca.fingerprint)));
     }
-    // Checked by russh already; checked again so that this function alone is the rule.
+    // Checked by russh already (with the same allowance for a CA clock that
+    // runs ahead, see vendor/README.md); checked again so that this function
+    // alone is the rule. The end of the window is exact.
     let unix = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    if unix < cert.valid_after() || unix >= cert.valid_before() {
-        return Err(refuse("the certificate is not valid now".into()));
+    let skew = CERTIFICATE_CLOCK_SKEW.as_secs();
+    if unix.saturating_add(skew) < cert.valid_after() {
+        return Err(refuse("the certificate is not valid yet".into()));
+    }
+    if unix >= cert.valid_before() {
+        return Err(refuse("the certificate has expired".into()));
     }
     authorized_keys::check_key_type(&PublicKey::new(cert.public_key().clone(), "")).map_err(refuse)?;
     let principals = cert.valid_principals();

@@ -46,14 +46,22 @@ if [[ $(id -u) -eq 0 ]]; then
 fi
 
 # --- Python tools, pinned, in a venv inside target/ (never the system's) --------
+# ssh-audit audits bastion-sshd; ministack (Route 53) and moto (EC2) emulate AWS
+# for dns-sidecar, and moto brings boto3 for the test fixtures.
 VENV=target/ci-venv
-SSH_AUDIT_VERSION=3.9.0
-if ! "$VENV/bin/ssh-audit" --help >/dev/null 2>&1 || ! "$VENV/bin/pip" show ssh-audit 2>/dev/null | grep -qx "Version: $SSH_AUDIT_VERSION"; then
-  say "installing ssh-audit $SSH_AUDIT_VERSION into $VENV"
+PY_TOOLS=(ssh-audit==3.9.0 ministack==1.5.33 "moto[server]==5.2.5")
+stamp="$VENV/.tools-$(printf '%s ' "${PY_TOOLS[@]}" | sha256sum | cut -c1-16)"
+if [[ ! -e $stamp ]]; then
+  say "installing ${PY_TOOLS[*]} into $VENV (about 2 minutes)"
+  rm -rf "$VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "ssh-audit==$SSH_AUDIT_VERSION"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_TOOLS[@]}"
+  touch "$stamp"
 fi
-"$VENV/bin/ssh-audit" --help >/dev/null 2>&1 || die "ssh-audit did not install into $VENV"
+for tool in ssh-audit ministack moto_server; do
+  [[ -x $VENV/bin/$tool ]] || die "$tool did not install into $VENV"
+done
+"$VENV/bin/python3" -c 'import boto3' || die "boto3 did not install into $VENV"
 export PATH="$PWD/$VENV/bin:$PATH"
 
 # --- Rust toolchain ---------------------------------------------------------
@@ -63,7 +71,7 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   say "adding rustfmt and clippy"
   rustup component add rustfmt clippy
 fi
-say "toolchain: $(rustc --version); $(ssh -V 2>&1); $(psql --version); ssh-audit $SSH_AUDIT_VERSION"
+say "toolchain: $(rustc --version); $(ssh -V 2>&1); $(psql --version); ${PY_TOOLS[*]}"
 
 # --- checks -----------------------------------------------------------------
 say "shellcheck"
@@ -75,8 +83,8 @@ cargo fmt -p bastion-sshd -p bastion-tests -- --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-say "build bastion-sshd (the end-to-end suites run this binary)"
-cargo build -p bastion-sshd --locked
+say "build the binaries (the end-to-end suites run them)"
+cargo build -p bastion-sshd -p dns-sidecar --locked
 
 say "tests"
 cargo test --workspace --locked

@@ -1,0 +1,228 @@
+//! The one EC2 call the sidecar makes: `DescribeNetworkInterfaces`, filtered
+//! by the task's private IPv4, to read the public IP associated with the
+//! task's network interface. A signed Query request (aws-sigv4, the SDK's own
+//! signer) parsed with quick-xml: aws-sdk-ec2 would cost ~15 minutes of
+//! release build on 2 cores for this single call.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use serde::Deserialize;
+use tracing::warn;
+
+/// EC2 Query API version.
+const API_VERSION: &str = "2016-11-15";
+/// Attempts for throttling and server errors.
+const ATTEMPTS: u32 = 6;
+
+pub struct Ec2 {
+    http: reqwest::Client,
+    /// `https://ec2.<region>.amazonaws.com`, or the `AWS_ENDPOINT_URL_EC2` / `AWS_ENDPOINT_URL` override.
+    endpoint: String,
+    region: String,
+    credentials: SharedCredentialsProvider,
+}
+
+#[derive(Debug, Deserialize)]
+struct DescribeResponse {
+    #[serde(rename = "networkInterfaceSet", default)]
+    set: Option<InterfaceSet>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InterfaceSet {
+    #[serde(rename = "item", default)]
+    items: Vec<Interface>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Interface {
+    #[serde(rename = "networkInterfaceId", default)]
+    id: Option<String>,
+    #[serde(default)]
+    association: Option<Association>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Association {
+    #[serde(rename = "publicIp", default)]
+    public_ip: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorResponse {
+    #[serde(rename = "Errors")]
+    errors: ErrorList,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorList {
+    #[serde(rename = "Error", default)]
+    error: Vec<ErrorItem>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorItem {
+    #[serde(rename = "Code", default)]
+    code: String,
+    #[serde(rename = "Message", default)]
+    message: String,
+}
+
+/// What DescribeNetworkInterfaces said about the task's interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The interface and its public IP.
+    Public { interface: String, ip: Ipv4Addr },
+    /// The interface exists but has no public IP (yet).
+    NoPublicIp { interface: String },
+    /// No interface has that private IP.
+    NotFound,
+}
+
+/// Parses a DescribeNetworkInterfaces answer.
+fn parse(xml: &str) -> Result<Lookup, String> {
+    let response: DescribeResponse =
+        quick_xml::de::from_str(xml).map_err(|e| format!("unexpected DescribeNetworkInterfaces answer: {e}"))?;
+    let Some(interface) = response.set.and_then(|s| s.items.into_iter().next()) else {
+        return Ok(Lookup::NotFound);
+    };
+    let id = interface.id.unwrap_or_else(|| "?".into());
+    match interface.association.and_then(|a| a.public_ip) {
+        Some(ip) => {
+            let ip = ip.trim().parse().map_err(|_| format!("EC2 returned {ip:?} as the public IP of {id}"))?;
+            Ok(Lookup::Public { interface: id, ip })
+        }
+        None => Ok(Lookup::NoPublicIp { interface: id }),
+    }
+}
+
+/// The code and message of an EC2 error answer.
+fn parse_error(xml: &str) -> Option<(String, String)> {
+    let response: ErrorResponse = quick_xml::de::from_str(xml).ok()?;
+    response.errors.error.into_iter().next().map(|e| (e.code, e.message))
+}
+
+impl Ec2 {
+    pub fn new(http: reqwest::Client, config: &aws_config::SdkConfig) -> Result<Self, String> {
+        let region = config
+            .region()
+            .map(|r| r.to_string())
+            .ok_or("no AWS region: set AWS_REGION (ECS sets it in tasks) to find the EC2 endpoint".to_string())?;
+        let credentials = config
+            .credentials_provider()
+            .ok_or("no AWS credentials provider (the task role is missing?)".to_string())?;
+        let endpoint = std::env::var("AWS_ENDPOINT_URL_EC2")
+            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+            .unwrap_or_else(|_| format!("https://ec2.{region}.amazonaws.com"));
+        Ok(Self { http, endpoint, region, credentials })
+    }
+
+    /// The public IPv4 of the interface holding `private_ip`.
+    pub async fn lookup(&self, private_ip: Ipv4Addr) -> Result<Lookup, String> {
+        let body = format!(
+            "Action=DescribeNetworkInterfaces&Version={API_VERSION}\
+             &Filter.1.Name=addresses.private-ip-address&Filter.1.Value.1={private_ip}"
+        );
+        let mut delay = Duration::from_millis(500);
+        for attempt in 1..=ATTEMPTS {
+            let (status, text) = self.send(&body).await?;
+            if status.is_success() {
+                return parse(&text);
+            }
+            let (code, message) = parse_error(&text).unwrap_or_else(|| (status.to_string(), text.clone()));
+            let transient = status.is_server_error() || matches!(code.as_str(), "RequestLimitExceeded" | "Throttling");
+            if !transient || attempt == ATTEMPTS {
+                let hint = match code.as_str() {
+                    "UnauthorizedOperation" | "AccessDenied" | "AuthFailure" => {
+                        " (the task role needs ec2:DescribeNetworkInterfaces)"
+                    }
+                    _ => "",
+                };
+                return Err(format!("ec2:DescribeNetworkInterfaces failed: {code}: {message}{hint}"));
+            }
+            let jitter = Duration::from_millis(rand::random_range(0..250));
+            warn!(event = "ec2.retry", code = %code, "ec2:DescribeNetworkInterfaces: {code}; retrying in {delay:?}");
+            tokio::time::sleep(delay + jitter).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+        unreachable!("the loop returns on the last attempt")
+    }
+
+    async fn send(&self, body: &str) -> Result<(reqwest::StatusCode, String), String> {
+        let credentials = self
+            .credentials
+            .provide_credentials()
+            .await
+            .map_err(|e| format!("cannot get AWS credentials for ec2:DescribeNetworkInterfaces: {e}"))?;
+        let identity = credentials.into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("ec2")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| format!("signing parameters: {e}"))?
+            .into();
+        let url = format!("{}/", self.endpoint.trim_end_matches('/'));
+        let content_type = "application/x-www-form-urlencoded; charset=utf-8";
+        let headers = [("content-type", content_type)];
+        let signable = SignableRequest::new("POST", &url, headers.into_iter(), SignableBody::Bytes(body.as_bytes()))
+            .map_err(|e| format!("cannot sign the EC2 request: {e}"))?;
+        let (instructions, _) =
+            sign(signable, &params).map_err(|e| format!("cannot sign the EC2 request: {e}"))?.into_parts();
+        let mut request = self.http.post(&url).header("content-type", content_type).body(body.to_string());
+        for (name, value) in instructions.headers() {
+            request = request.header(name, value);
+        }
+        let response = request
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| format!("ec2:DescribeNetworkInterfaces at {url}: {e}"))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| format!("ec2:DescribeNetworkInterfaces answer: {e}"))?;
+        Ok((status, text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_parsed() {
+        let with_ip = r#"<?xml version="1.0" encoding="UTF-8"?>
+<DescribeNetworkInterfacesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+  <requestId>r-1</requestId>
+  <networkInterfaceSet>
+    <item>
+      <networkInterfaceId>eni-0abc</networkInterfaceId>
+      <subnetId>subnet-1</subnetId>
+      <association><publicIp>203.0.113.7</publicIp><ipOwnerId>amazon</ipOwnerId></association>
+      <privateIpAddressesSet><item><privateIpAddress>10.0.0.5</privateIpAddress></item></privateIpAddressesSet>
+    </item>
+  </networkInterfaceSet>
+</DescribeNetworkInterfacesResponse>"#;
+        assert_eq!(
+            parse(with_ip).unwrap(),
+            Lookup::Public { interface: "eni-0abc".into(), ip: Ipv4Addr::new(203, 0, 113, 7) }
+        );
+        let without = with_ip
+            .replace("<association><publicIp>203.0.113.7</publicIp><ipOwnerId>amazon</ipOwnerId></association>", "");
+        assert_eq!(parse(&without).unwrap(), Lookup::NoPublicIp { interface: "eni-0abc".into() });
+        let empty = r#"<DescribeNetworkInterfacesResponse><requestId>r</requestId><networkInterfaceSet/></DescribeNetworkInterfacesResponse>"#;
+        assert_eq!(parse(empty).unwrap(), Lookup::NotFound);
+        assert!(parse(&with_ip.replace("203.0.113.7", "not-an-ip")).unwrap_err().contains("not-an-ip"));
+    }
+
+    #[test]
+    fn errors_are_parsed() {
+        let xml = r#"<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized</Message></Error></Errors><RequestID>x</RequestID></Response>"#;
+        assert_eq!(parse_error(xml), Some(("UnauthorizedOperation".into(), "You are not authorized".into())));
+    }
+}

@@ -1,0 +1,141 @@
+//! The ECS task metadata endpoint v4 (`${ECS_CONTAINER_METADATA_URI_V4}/task`).
+//! Parsed leniently: AWS adds fields, so unknown ones are ignored and all
+//! but the networks are optional.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tracing::{info, warn};
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Task {
+    /// `arn:aws:ecs:eu-west-1:111122223333:cluster/prod`.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(rename = "TaskARN", default)]
+    pub task_arn: Option<String>,
+    #[serde(default)]
+    pub family: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<Container>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Container {
+    #[serde(default)]
+    pub networks: Vec<Network>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Network {
+    #[serde(rename = "IPv4Addresses", default)]
+    pub ipv4_addresses: Vec<String>,
+    #[serde(rename = "IPv6Addresses", default)]
+    pub ipv6_addresses: Vec<String>,
+}
+
+impl Task {
+    pub fn parse(json: &str) -> Result<Self, String> {
+        serde_json::from_str(json).map_err(|e| format!("task metadata is not the expected JSON: {e}"))
+    }
+
+    /// All containers of an awsvpc task share one network interface: the first address found.
+    fn networks(&self) -> impl Iterator<Item = &Network> {
+        self.containers.iter().flat_map(|c| c.networks.iter())
+    }
+
+    pub fn private_ipv4(&self) -> Option<Ipv4Addr> {
+        self.networks().flat_map(|n| n.ipv4_addresses.iter()).find_map(|a| a.parse().ok())
+    }
+
+    pub fn ipv6(&self) -> Option<Ipv6Addr> {
+        self.networks().flat_map(|n| n.ipv6_addresses.iter()).find_map(|a| a.parse().ok())
+    }
+
+    /// `prod` from the cluster ARN (or the cluster as given).
+    pub fn cluster_name(&self) -> Option<&str> {
+        self.cluster.as_deref().map(|c| c.rsplit('/').next().unwrap_or(c))
+    }
+
+    /// The task id: the last part of the task ARN.
+    pub fn task_id(&self) -> Option<&str> {
+        self.task_arn.as_deref().and_then(|a| a.rsplit('/').next())
+    }
+
+    /// The default owner id: `<cluster>/<family>`.
+    pub fn default_owner(&self) -> Option<String> {
+        Some(format!("{}/{}", self.cluster_name()?, self.family.as_deref()?))
+    }
+}
+
+/// Fetches `${base}/task`, retrying (the endpoint may not be up yet when the
+/// container starts) until `deadline` has passed.
+pub async fn fetch(http: &reqwest::Client, base: &str, wait: Duration) -> Result<Task, String> {
+    let url = format!("{}/task", base.trim_end_matches('/'));
+    let deadline = Instant::now() + wait;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let response = http.get(&url).timeout(Duration::from_secs(5)).send().await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = response.text().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("HTTP {status}"));
+            }
+            Ok(body)
+        };
+        match attempt.await {
+            Ok(body) => {
+                let task = Task::parse(&body)?;
+                info!(event = "metadata.read", task = task.task_arn.as_deref().unwrap_or("?"),
+                    private_ipv4 = ?task.private_ipv4(), "task metadata read from {url}");
+                return Ok(task);
+            }
+            Err(e) if Instant::now() + delay < deadline => {
+                warn!(event = "metadata.retry", error = %e, "task metadata {url} not ready ({e}); retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(format!("task metadata {url} unavailable after {wait:?}: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented Fargate v4 `/task` example, abridged, with a field AWS might add.
+    pub const SAMPLE: &str = r#"{"Cluster":"arn:aws:ecs:us-west-2:111122223333:cluster/default",
+     "TaskARN":"arn:aws:ecs:us-west-2:111122223333:task/default/e9028f8d5d8e4f258373e7b93ce9a3c3",
+     "Family":"curltest","Revision":"3","DesiredStatus":"RUNNING","KnownStatus":"RUNNING",
+     "Limits":{"CPU":0.25,"Memory":512},"AvailabilityZone":"us-west-2a","SomeNewField":{"x":1},
+     "Containers":[{"DockerId":"e9028f8d-2495160603","Name":"curl","Labels":{"a":"b"},
+       "Networks":[{"NetworkMode":"awsvpc","IPv4Addresses":["192.0.2.3"],
+         "IPv6Addresses":["2001:dB8:10b:1a00:32bf:a372:d80f:e958"],"AttachmentIndex":0,
+         "MACAddress":"02:b7:20:19:72:39","IPv4SubnetCIDRBlock":"192.0.2.0/24"}]}],
+     "LaunchType":"FARGATE"}"#;
+
+    #[test]
+    fn the_documented_sample_parses() {
+        let task = Task::parse(SAMPLE).unwrap();
+        assert_eq!(task.private_ipv4(), Some(Ipv4Addr::new(192, 0, 2, 3)));
+        assert_eq!(task.ipv6().unwrap().to_string(), "2001:db8:10b:1a00:32bf:a372:d80f:e958");
+        assert_eq!(task.cluster_name(), Some("default"));
+        assert_eq!(task.task_id(), Some("e9028f8d5d8e4f258373e7b93ce9a3c3"));
+        assert_eq!(task.default_owner().as_deref(), Some("default/curltest"));
+    }
+
+    #[test]
+    fn missing_optional_fields_are_tolerated() {
+        let task = Task::parse(r#"{"Containers":[{"Networks":[{"IPv4Addresses":["10.0.0.5"]}]}]}"#).unwrap();
+        assert_eq!(task.private_ipv4(), Some(Ipv4Addr::new(10, 0, 0, 5)));
+        assert_eq!(task.ipv6(), None);
+        assert_eq!(task.default_owner(), None);
+        assert!(Task::parse("not json").unwrap_err().contains("not the expected JSON"));
+    }
+}

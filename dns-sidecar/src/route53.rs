@@ -1,0 +1,172 @@
+//! The Route 53 seam: read the record sets the sidecar cares about, send a
+//! change batch, wait for INSYNC. Everything AWS-specific about Route 53
+//! lives here; the decisions are in `ownership`.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_route53::Client;
+use aws_sdk_route53::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_route53::types::{
+    Change as SdkChange, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord, ResourceRecordSet, RrType,
+};
+use tracing::info;
+
+use crate::ownership::{Action, Change, RecordSet, RecordType, normalize};
+
+/// Why a Route 53 call failed, in the terms the caller acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsError {
+    /// Route 53 refused the batch as a whole (InvalidChangeBatch): a DELETE
+    /// did not match the current values, or a CREATE found the name taken.
+    Conflict(String),
+    /// A human must fix something: the zone, the permissions, the name.
+    Fatal(String),
+    /// Anything else (after the SDK's own retries).
+    Other(String),
+}
+
+impl std::fmt::Display for DnsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DnsError::Conflict(m) | DnsError::Fatal(m) | DnsError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+pub struct Zone {
+    client: Client,
+    /// `Z0123…` (a `/hostedzone/` prefix is accepted and stripped by the SDK).
+    pub id: String,
+}
+
+fn sdk_type(t: RecordType) -> RrType {
+    match t {
+        RecordType::A => RrType::A,
+        RecordType::Aaaa => RrType::Aaaa,
+        RecordType::Txt => RrType::Txt,
+    }
+}
+
+impl Zone {
+    pub fn new(client: Client, id: String) -> Self {
+        Self { client, id }
+    }
+
+    /// Classifies an SDK error: permissions and missing zones need a human.
+    fn classify<E>(&self, operation: &str, error: aws_sdk_route53::error::SdkError<E>) -> DnsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let code = error.code().unwrap_or("").to_string();
+        let message = error.message().unwrap_or("").to_string();
+        let shown = format!("route53:{operation} on hostedzone/{}: {}", self.id, DisplayErrorContext(&error));
+        match code.as_str() {
+            "InvalidChangeBatch" => DnsError::Conflict(format!("{code}: {message}")),
+            "NoSuchHostedZone" => DnsError::Fatal(format!(
+                "hosted zone {} does not exist ({message}); check --hosted-zone-id / DNS_SIDECAR_HOSTED_ZONE_ID",
+                self.id
+            )),
+            "AccessDenied" | "AccessDeniedException" | "UnrecognizedClientException" | "InvalidClientTokenId" => {
+                DnsError::Fatal(format!(
+                    "access denied for route53:{operation} on hostedzone/{} ({message}); the task role needs \
+                     route53:{operation} on arn:aws:route53:::hostedzone/{} (see the README's IAM section)",
+                    self.id, self.id
+                ))
+            }
+            "InvalidInput" => DnsError::Fatal(format!("{shown} (is --record-name inside the zone?)")),
+            _ => DnsError::Other(shown),
+        }
+    }
+
+    /// The record set named `name` of type `rtype` with this set identifier, if any.
+    pub async fn get(
+        &self,
+        name: &str,
+        rtype: RecordType,
+        set_identifier: Option<&str>,
+    ) -> Result<Option<RecordSet>, DnsError> {
+        let name = normalize(name);
+        let out = self
+            .client
+            .list_resource_record_sets()
+            .hosted_zone_id(&self.id)
+            .start_record_name(&name)
+            .start_record_type(sdk_type(rtype))
+            .max_items(100)
+            .send()
+            .await
+            .map_err(|e| self.classify("ListResourceRecordSets", e))?;
+        for set in out.resource_record_sets() {
+            if normalize(set.name()) != name || set.r#type() != &sdk_type(rtype) {
+                continue;
+            }
+            if set.set_identifier() != set_identifier {
+                continue;
+            }
+            return Ok(Some(RecordSet {
+                name: normalize(set.name()),
+                rtype,
+                ttl: set.ttl().unwrap_or(0),
+                values: set.resource_records().iter().map(|r| r.value().to_string()).collect(),
+                set_identifier: set.set_identifier().map(str::to_string),
+                multivalue: set.multi_value_answer().unwrap_or(false),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Sends one change batch; returns the change id to wait on.
+    pub async fn apply(&self, changes: &[Change], comment: &str) -> Result<String, DnsError> {
+        let mut batch = ChangeBatch::builder().comment(comment);
+        for change in changes {
+            batch = batch.changes(to_sdk(change).map_err(DnsError::Other)?);
+        }
+        let batch = batch.build().map_err(|e| DnsError::Other(e.to_string()))?;
+        let out = self
+            .client
+            .change_resource_record_sets()
+            .hosted_zone_id(&self.id)
+            .change_batch(batch)
+            .send()
+            .await
+            .map_err(|e| self.classify("ChangeResourceRecordSets", e))?;
+        Ok(out.change_info().map(|c| c.id().to_string()).unwrap_or_default())
+    }
+
+    /// Polls GetChange every `poll` until INSYNC or `timeout` (the SDK
+    /// waiter's 30 s minimum delay is too slow for a container start).
+    pub async fn wait_insync(&self, change: &str, poll: Duration, timeout: Duration) -> Result<Duration, DnsError> {
+        let started = Instant::now();
+        loop {
+            let out = self.client.get_change().id(change).send().await.map_err(|e| self.classify("GetChange", e))?;
+            if out.change_info().map(|c| c.status()) == Some(&ChangeStatus::Insync) {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() + poll > timeout {
+                return Err(DnsError::Other(format!("change {change} not INSYNC after {timeout:?}")));
+            }
+            info!(event = "route53.pending", change, "change {change} pending; checking again in {poll:?}");
+            tokio::time::sleep(poll).await;
+        }
+    }
+}
+
+fn to_sdk(change: &Change) -> Result<SdkChange, String> {
+    let set = &change.set;
+    let mut rrset = ResourceRecordSet::builder().name(&set.name).r#type(sdk_type(set.rtype)).ttl(set.ttl);
+    for value in &set.values {
+        rrset = rrset.resource_records(ResourceRecord::builder().value(value).build().map_err(|e| e.to_string())?);
+    }
+    if let Some(id) = &set.set_identifier {
+        rrset = rrset.set_identifier(id).multi_value_answer(set.multivalue);
+    }
+    let action = match change.action {
+        Action::Create => ChangeAction::Create,
+        Action::Delete => ChangeAction::Delete,
+    };
+    SdkChange::builder()
+        .action(action)
+        .resource_record_set(rrset.build().map_err(|e| e.to_string())?)
+        .build()
+        .map_err(|e| e.to_string())
+}

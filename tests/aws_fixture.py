@@ -1,0 +1,67 @@
+"""Sets up and inspects the AWS emulators for the dns-sidecar suite, with boto3
+(installed with moto into target/ci-venv by tests/ci.sh). Prints JSON.
+
+  aws_fixture.py create-zone ENDPOINT NAME            -> {"zone": "Z..."}
+  aws_fixture.py list ENDPOINT ZONE                   -> [{"name","type","ttl","values","set"}...]
+  aws_fixture.py create ENDPOINT ZONE NAME TYPE VALUE -> {"change": "..."}   (a record someone else owns)
+  aws_fixture.py eni ENDPOINT PRIVATE_IP              -> {"interface": "eni-...", "public_ip": "..."}
+"""
+
+import json
+import sys
+
+import boto3
+
+CREDS = dict(aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
+
+
+def client(service, endpoint):
+    return boto3.client(service, endpoint_url=endpoint, **CREDS)
+
+
+def main(argv):
+    command, endpoint = argv[1], argv[2]
+    if command == "create-zone":
+        r53 = client("route53", endpoint)
+        zone = r53.create_hosted_zone(Name=argv[3], CallerReference=argv[3] + "-test")
+        print(json.dumps({"zone": zone["HostedZone"]["Id"].split("/")[-1]}))
+    elif command == "list":
+        r53 = client("route53", endpoint)
+        sets = r53.list_resource_record_sets(HostedZoneId=argv[3])["ResourceRecordSets"]
+        print(json.dumps([
+            {
+                "name": s["Name"].lower(),
+                "type": s["Type"],
+                "ttl": s.get("TTL"),
+                "values": [r["Value"] for r in s.get("ResourceRecords", [])],
+                "set": s.get("SetIdentifier"),
+            }
+            for s in sets
+            if s["Type"] not in ("NS", "SOA")
+        ]))
+    elif command == "create":
+        r53 = client("route53", endpoint)
+        zone, name, rtype, value = argv[3:7]
+        out = r53.change_resource_record_sets(
+            HostedZoneId=zone,
+            ChangeBatch={"Changes": [{
+                "Action": "CREATE",
+                "ResourceRecordSet": {"Name": name, "Type": rtype, "TTL": 300, "ResourceRecords": [{"Value": value}]},
+            }]},
+        )
+        print(json.dumps({"change": out["ChangeInfo"]["Id"]}))
+    elif command == "eni":
+        ec2 = client("ec2", endpoint)
+        private_ip = argv[3]
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+        eni = ec2.create_network_interface(SubnetId=subnet, PrivateIpAddress=private_ip)["NetworkInterface"]
+        eip = ec2.allocate_address(Domain="vpc")
+        ec2.associate_address(AllocationId=eip["AllocationId"], NetworkInterfaceId=eni["NetworkInterfaceId"])
+        print(json.dumps({"interface": eni["NetworkInterfaceId"], "public_ip": eip["PublicIp"]}))
+    else:
+        raise SystemExit(f"unknown command {command!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

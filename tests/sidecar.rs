@@ -1,0 +1,429 @@
+//! dns-sidecar against AWS emulators on loopback: Route 53 from ministack
+//! (exact-match DELETE, CREATE-if-absent, PENDING then INSYNC, like the real
+//! service), EC2 from moto (an ENI with an associated Elastic IP). The ECS
+//! task metadata endpoint cannot run here, so a small real HTTP server in
+//! this file serves the documented Fargate v4 `/task` shape.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bastion_tests::*;
+use serde_json::Value;
+
+const ZONE_NAME: &str = "example.test.";
+const RECORD: &str = "bastion.example.test.";
+
+fn sidecar_bin() -> PathBuf {
+    let path = bastion_bin().with_file_name("dns-sidecar");
+    assert!(path.exists(), "{} is missing: cargo build -p dns-sidecar (tests/ci.sh does)", path.display());
+    path
+}
+
+/// An emulator process on a free loopback port, up when its port accepts.
+struct Emulator {
+    /// Killed when the test ends.
+    _proc: Proc,
+    url: String,
+}
+
+impl Emulator {
+    fn start(program: &str, args: &[&str], envs: &[(&str, String)], port: u16) -> Self {
+        require(program, "pip install ministack 'moto[server]' (tests/ci.sh does, into target/ci-venv)");
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut proc = Proc::spawn(cmd, Stdio::null());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(proc.is_running(), "{program} exited:\n{}", proc.stderr().text());
+            assert!(Instant::now() < deadline, "{program} did not listen on {port}:\n{}", proc.stderr().text());
+            thread::sleep(Duration::from_millis(100));
+        }
+        Emulator { _proc: proc, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    fn ministack() -> Self {
+        let port = free_port();
+        Self::start(
+            "ministack",
+            &[],
+            &[
+                ("BIND_HOST", "127.0.0.1".into()),
+                ("GATEWAY_PORT", port.to_string()),
+                // Only Route 53, and no MQTT listener on the fixed port 8883.
+                ("SERVICES", "route53".into()),
+                ("IOT_MTLS_ENABLED", "0".into()),
+            ],
+            port,
+        )
+    }
+
+    fn moto() -> Self {
+        let port = free_port();
+        Self::start("moto_server", &["-H", "127.0.0.1", "-p", &port.to_string()], &[], port)
+    }
+}
+
+/// Runs tests/aws_fixture.py (boto3) and parses its JSON.
+fn fixture(args: &[&str]) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aws_fixture.py");
+    let out = Command::new("python3").arg(script).args(args).output().expect("python3");
+    assert!(out.status.success(), "aws_fixture {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("fixture JSON")
+}
+
+fn create_zone(r53: &Emulator) -> String {
+    fixture(&["create-zone", &r53.url, ZONE_NAME])["zone"].as_str().unwrap().to_string()
+}
+
+/// The zone's records other than NS/SOA, as (name, type, values, set).
+fn records(r53: &Emulator, zone: &str) -> Vec<(String, String, Vec<String>, Option<String>)> {
+    let list = fixture(&["list", &r53.url, zone]);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["type"].as_str().unwrap().to_string(),
+                r["values"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect(),
+                r["set"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+fn a_values(r53: &Emulator, zone: &str) -> Vec<String> {
+    let mut values: Vec<String> =
+        records(r53, zone).into_iter().filter(|r| r.0 == RECORD && r.1 == "A").flat_map(|r| r.2).collect();
+    values.sort();
+    values
+}
+
+/// The task metadata endpoint: `/task` answers the Fargate v4 shape for this
+/// task; the first `fail_first` requests get 503 (an endpoint not up yet).
+struct Metadata {
+    url: String,
+    requests: Arc<AtomicUsize>,
+}
+
+impl Metadata {
+    fn start(task_id: &str, private_ip: &str, fail_first: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = format!(
+            r#"{{"Cluster":"arn:aws:ecs:us-east-1:111122223333:cluster/prod",
+            "TaskARN":"arn:aws:ecs:us-east-1:111122223333:task/prod/{task_id}",
+            "Family":"bastion","Revision":"7","DesiredStatus":"RUNNING","KnownStatus":"RUNNING",
+            "Limits":{{"CPU":0.25,"Memory":512}},"AvailabilityZone":"us-east-1a","FutureField":[1,2],
+            "Containers":[{{"DockerId":"abc","Name":"dns-sidecar","Labels":{{}},
+              "Networks":[{{"NetworkMode":"awsvpc","IPv4Addresses":["{private_ip}"],
+                "IPv6Addresses":["2001:db8:10b:1a00::7"],"AttachmentIndex":0,"MACAddress":"02:b7:20:19:72:39"}}]}}],
+            "LaunchType":"FARGATE"}}"#
+        );
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut line = String::new();
+                let _ = BufReader::new(stream.try_clone().unwrap()).read_line(&mut line);
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let (status, body) = if n < fail_first {
+                    ("503 Service Unavailable", "not ready".to_string())
+                } else if line.contains("/task ") {
+                    ("200 OK", body.clone())
+                } else {
+                    ("404 Not Found", "{}".to_string())
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Metadata { url: format!("http://{addr}/v4/token"), requests }
+    }
+}
+
+/// `dns-sidecar` pointed at the emulators, with a clean environment.
+fn sidecar(r53: &str, zone: &str, metadata: Option<&Metadata>, ec2: Option<&str>, args: &[&str]) -> Command {
+    let mut cmd = Command::new(sidecar_bin());
+    for (var, _) in std::env::vars_os() {
+        let v = var.to_string_lossy();
+        if v.starts_with("DNS_SIDECAR_") || v.starts_with("AWS_") || v.starts_with("ECS_") {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL_ROUTE_53", r53)
+        .args(["--log-format", "json", "--record-name", "bastion.example.test", "--hosted-zone-id", zone])
+        .args(["--insync-poll", "100ms", "--owner-id", "prod/bastion"]);
+    if let Some(m) = metadata {
+        cmd.env("ECS_CONTAINER_METADATA_URI_V4", &m.url);
+    }
+    if let Some(ec2) = ec2 {
+        cmd.env("AWS_ENDPOINT_URL_EC2", ec2);
+    }
+    cmd.args(args);
+    cmd
+}
+
+fn wait_event(proc: &Proc, name: &str) -> Value {
+    let line = proc
+        .stderr()
+        .wait_for(READY, |l| event(l).as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no {name} event:\n{}", proc.stderr().text()));
+    json(&line)
+}
+
+#[test]
+fn a_free_name_is_published_and_deleted_on_sigterm() {
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53);
+    let mut cmd = sidecar(&r53.url, &zone, None, None, &["--address", "203.0.113.7"]);
+    cmd.stdin(Stdio::null());
+    let mut side = Proc::spawn(cmd, Stdio::null());
+    wait_event(&side, "record.live");
+    // ministack answers PENDING first: the sidecar polled until INSYNC.
+    assert!(side.stderr().text().contains("\"event\":\"route53.pending\""), "{}", side.stderr().text());
+    let recs = records(&r53, &zone);
+    assert!(recs.contains(&(RECORD.into(), "A".into(), vec!["203.0.113.7".into()], None)), "{recs:?}");
+    assert!(
+        recs.contains(&(
+            format!("a-{RECORD}"),
+            "TXT".into(),
+            vec!["\"heritage=dns-sidecar,owner=prod/bastion\"".into()],
+            None
+        )),
+        "{recs:?}"
+    );
+
+    side.signal("TERM");
+    let status = side.wait_exit(READY).expect("sidecar did not exit");
+    assert_eq!(status.code(), Some(0), "{}", side.stderr().text());
+    assert!(side.stderr().text().contains("\"event\":\"record.deleted\""));
+    assert_eq!(records(&r53, &zone), vec![]);
+}
+
+#[test]
+fn a_restart_with_a_new_address_replaces_our_record() {
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53);
+    for ip in ["203.0.113.7", "203.0.113.8"] {
+        let out = sidecar(&r53.url, &zone, None, None, &["--address", ip, "--once"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(a_values(&r53, &zone), vec!["203.0.113.8"]);
+}
+
+#[test]
+fn a_record_we_do_not_own_is_left_alone_and_the_sidecar_fails() {
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53);
+    fixture(&["create", &r53.url, &zone, RECORD, "A", "198.51.100.1"]);
+    let out = sidecar(&r53.url, &zone, None, None, &["--address", "203.0.113.7", "--once"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refusing to touch bastion.example.test."), "{stderr}");
+    assert!(stderr.contains("198.51.100.1"), "the error names the current value: {stderr}");
+    assert_eq!(a_values(&r53, &zone), vec!["198.51.100.1"]);
+
+    // --dry-run shows what --force would do, and sends nothing.
+    let out =
+        sidecar(&r53.url, &zone, None, None, &["--address", "203.0.113.7", "--force", "--dry-run"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("DELETE bastion.example.test. 300 A [198.51.100.1]"), "{stdout}");
+    assert!(stdout.contains("CREATE bastion.example.test. 60 A [203.0.113.7]"), "{stdout}");
+    assert_eq!(a_values(&r53, &zone), vec!["198.51.100.1"]);
+}
+
+#[test]
+fn sigterm_after_a_newer_task_took_over_leaves_its_record() {
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53);
+    let mut old = Proc::spawn(sidecar(&r53.url, &zone, None, None, &["--address", "203.0.113.7"]), Stdio::null());
+    wait_event(&old, "record.live");
+    // The replacement task (same service, so same owner) publishes its address.
+    let out = sidecar(&r53.url, &zone, None, None, &["--address", "203.0.113.8", "--once"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    old.signal("TERM");
+    let status = old.wait_exit(READY).expect("old sidecar did not exit");
+    assert_eq!(status.code(), Some(0), "{}", old.stderr().text());
+    let not_ours = wait_event(&old, "record.not_ours");
+    assert!(not_ours["reason"].as_str().unwrap().contains("InvalidChangeBatch"), "{not_ours}");
+    assert_eq!(a_values(&r53, &zone), vec!["203.0.113.8"], "the newer task's record was touched");
+    assert!(records(&r53, &zone).iter().any(|r| r.1 == "TXT"), "the newer task's marker was deleted");
+}
+
+#[test]
+fn multivalue_sidecars_each_own_and_delete_only_their_record() {
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53);
+    let m1 = Metadata::start("task1", "10.0.0.5", 0);
+    let m2 = Metadata::start("task2", "10.0.0.6", 0);
+    let args = ["--mode", "multivalue", "--address-source", "private"];
+    let mut s1 = Proc::spawn(sidecar(&r53.url, &zone, Some(&m1), None, &args), Stdio::null());
+    wait_event(&s1, "record.live");
+    let mut s2 = Proc::spawn(sidecar(&r53.url, &zone, Some(&m2), None, &args), Stdio::null());
+    wait_event(&s2, "record.live");
+    assert_eq!(a_values(&r53, &zone), vec!["10.0.0.5", "10.0.0.6"]);
+    let sets: Vec<Option<String>> = records(&r53, &zone).into_iter().filter(|r| r.1 == "A").map(|r| r.3).collect();
+    assert!(sets.contains(&Some("task1".into())) && sets.contains(&Some("task2".into())), "{sets:?}");
+
+    s1.signal("TERM");
+    assert_eq!(s1.wait_exit(READY).and_then(|s| s.code()), Some(0), "{}", s1.stderr().text());
+    assert_eq!(a_values(&r53, &zone), vec!["10.0.0.6"]);
+    s2.signal("TERM");
+    assert_eq!(s2.wait_exit(READY).and_then(|s| s.code()), Some(0));
+    assert_eq!(records(&r53, &zone), vec![]);
+}
+
+#[test]
+fn the_public_ip_comes_from_the_tasks_network_interface() {
+    let r53 = Emulator::ministack();
+    let ec2 = Emulator::moto();
+    let zone = create_zone(&r53);
+    let eni = fixture(&["eni", &ec2.url, "10.0.0.42"]);
+    let public_ip = eni["public_ip"].as_str().unwrap().to_string();
+    let meta = Metadata::start("task-eni", "10.0.0.42", 0);
+    let out = sidecar(&r53.url, &zone, Some(&meta), Some(&ec2.url), &["--once"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(eni["interface"].as_str().unwrap()), "{stderr}");
+    assert_eq!(a_values(&r53, &zone), vec![public_ip]);
+}
+
+#[test]
+fn a_slow_metadata_endpoint_is_retried() {
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53);
+    let meta = Metadata::start("task-slow", "10.0.0.9", 3);
+    let out = sidecar(&r53.url, &zone, Some(&meta), None, &["--address-source", "private", "--once"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(meta.requests.load(Ordering::SeqCst) >= 4);
+    assert_eq!(a_values(&r53, &zone), vec!["10.0.0.9"]);
+}
+
+#[test]
+fn a_garbage_checkip_answer_is_a_clear_error() {
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53);
+    let meta = Metadata::start("task-checkip", "10.0.0.9", 0);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let body = "<html>captive portal</html>";
+            let _ =
+                write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    let out =
+        sidecar(&r53.url, &zone, Some(&meta), None, &["--address-source", "checkip", "--checkip-url", &url, "--once"])
+            .output()
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("which is not an IP address") && stderr.contains("captive portal"), "{stderr}");
+    assert_eq!(records(&r53, &zone), vec![]);
+}
+
+/// Forwards to Route 53 (ministack), but answers the first two
+/// ChangeResourceRecordSets calls with Throttling, as Route 53 does under load.
+fn throttling_proxy(upstream: &str) -> (String, Arc<AtomicUsize>) {
+    let upstream: SocketAddr = upstream.trim_start_matches("http://").parse().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let throttled = Arc::new(AtomicUsize::new(0));
+    let count = throttled.clone();
+    thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let count = count.clone();
+            thread::spawn(move || {
+                let Some((head, body)) = read_request(&client) else { return };
+                let is_change = head.starts_with("POST") && head.contains("/rrset");
+                let mut client = client;
+                if is_change && count.fetch_add(1, Ordering::SeqCst) < 2 {
+                    let xml = r#"<?xml version="1.0"?><ErrorResponse xmlns="https://route53.amazonaws.com/doc/2013-04-01/"><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>t</RequestId></ErrorResponse>"#;
+                    let _ = write!(
+                        client,
+                        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+                        xml.len()
+                    );
+                    return;
+                }
+                // Forward with Connection: close, relay the answer.
+                let head = head.replace("\r\nConnection: keep-alive", "");
+                let head = head.trim_end_matches("\r\n\r\n").to_string() + "\r\nConnection: close\r\n\r\n";
+                let Ok(mut up) = TcpStream::connect(upstream) else { return };
+                let _ = up.write_all(head.as_bytes());
+                let _ = up.write_all(&body);
+                let mut answer = Vec::new();
+                let _ = up.read_to_end(&mut answer);
+                let _ = client.write_all(&answer);
+            });
+        }
+    });
+    (url, throttled)
+}
+
+/// One HTTP/1.1 request: the head (through the blank line) and the body.
+fn read_request(stream: &TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let length = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().ok()))
+        .flatten()
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+#[test]
+fn throttling_is_retried() {
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53);
+    let (proxy, throttled) = throttling_proxy(&r53.url);
+    let out = sidecar(&proxy, &zone, None, None, &["--address", "203.0.113.7", "--once"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(throttled.load(Ordering::SeqCst) >= 3, "the proxy saw no retry");
+    assert_eq!(a_values(&r53, &zone), vec!["203.0.113.7"]);
+}
+
+#[test]
+fn a_missing_zone_fails_fast_with_what_to_fix() {
+    let r53 = Emulator::ministack();
+    let out = sidecar(&r53.url, "ZNOSUCHZONE", None, None, &["--address", "203.0.113.7", "--once"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ZNOSUCHZONE") && stderr.contains("--hosted-zone-id"), "{stderr}");
+}

@@ -4,6 +4,7 @@
   aws_fixture.py create-zone ENDPOINT NAME            -> {"zone": "Z..."}
   aws_fixture.py list ENDPOINT ZONE                   -> [{"name","type","ttl","values","set"}...]
   aws_fixture.py create ENDPOINT ZONE NAME TYPE VALUE -> {"change": "..."}   (a record someone else owns)
+  aws_fixture.py upsert ENDPOINT ZONE NAME TYPE VALUE -> {"change": "..."}   (someone edits a record)
   aws_fixture.py eni ENDPOINT PRIVATE_IP              -> {"interface": "eni-...", "public_ip": "..."}
 """
 
@@ -39,13 +40,13 @@ def main(argv):
             for s in sets
             if s["Type"] not in ("NS", "SOA")
         ]))
-    elif command == "create":
+    elif command in ("create", "upsert"):
         r53 = client("route53", endpoint)
         zone, name, rtype, value = argv[3:7]
         out = r53.change_resource_record_sets(
             HostedZoneId=zone,
             ChangeBatch={"Changes": [{
-                "Action": "CREATE",
+                "Action": command.upper(),
                 "ResourceRecordSet": {"Name": name, "Type": rtype, "TTL": 300, "ResourceRecords": [{"Value": value}]},
             }]},
         )

@@ -427,3 +427,27 @@ fn a_missing_zone_fails_fast_with_what_to_fix() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("ZNOSUCHZONE") && stderr.contains("--hosted-zone-id"), "{stderr}");
 }
+
+#[test]
+fn drift_is_repaired_under_the_same_ownership_rules() {
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53);
+    let mut cmd = sidecar(&r53.url, &zone, None, None, &["--address", "203.0.113.7", "--reconcile-interval", "1s"]);
+    cmd.stdin(Stdio::null());
+    let side = Proc::spawn(cmd, Stdio::null());
+    wait_event(&side, "record.live");
+    // Someone edits our record by hand; the marker still says it is ours.
+    fixture(&["upsert", &r53.url, &zone, RECORD, "A", "198.51.100.99"]);
+    let repaired = side
+        .stderr()
+        .wait_for(READY, |l| event(l).as_deref() == Some("record.changing") && l.contains("198.51.100.99"))
+        .unwrap_or_else(|| panic!("drift not repaired:\n{}", side.stderr().text()));
+    assert!(repaired.contains("replacing"), "{repaired}");
+    let mut live = 0;
+    let again = side.stderr().wait_for(READY, |l| {
+        live += usize::from(event(l).as_deref() == Some("record.live"));
+        live == 2
+    });
+    assert!(again.is_some(), "the repair never went live:\n{}", side.stderr().text());
+    assert_eq!(a_values(&r53, &zone), vec!["203.0.113.7"]);
+}

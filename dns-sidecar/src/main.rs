@@ -78,7 +78,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let aws = Aws { http, config, zone };
 
     let task = task_metadata(&cli, &aws).await?;
-    let desired = desired_records(&cli, &aws, task.as_ref()).await?;
+    let mut desired = desired_records(&cli, &aws, task.as_ref()).await?;
 
     if cli.dry_run {
         for d in &desired {
@@ -88,8 +88,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         return Ok(());
     }
 
-    for d in &desired {
-        reconcile(&cli, &aws.zone, d).await.map_err(|e| e.to_string())?;
+    for (i, d) in desired.iter().enumerate() {
+        if let Err(e) = reconcile(&cli, &aws.zone, d).await {
+            // Do not leave half a publication behind (A written, AAAA refused).
+            if i > 0 && !cli.once {
+                let _ = cleanup(&cli, &aws.zone, &desired[..i]).await;
+            }
+            return Err(e.to_string());
+        }
     }
     if cli.once {
         info!(event = "sidecar.done", "published; --once: exiting without cleanup");
@@ -103,6 +109,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
             _ = interval.tick() => {
+                // The address itself may have changed (an interface re-associated).
+                match desired_records(&cli, &aws, task.as_ref()).await {
+                    Ok(fresh) => desired = fresh,
+                    Err(e) => warn!(event = "address.failed", "cannot read the address again ({e}); keeping {}",
+                        desired[0].address),
+                }
                 for d in &desired {
                     // Drift is repaired under the same ownership rules; a name that
                     // is not ours any more is reported, never taken back.

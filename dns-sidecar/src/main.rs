@@ -91,7 +91,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     for (i, d) in desired.iter().enumerate() {
         if let Err(e) = reconcile(&cli, &aws.zone, d).await {
             // Do not leave half a publication behind (A written, AAAA refused).
-            if i > 0 && !cli.once {
+            if i > 0 {
                 let _ = cleanup(&cli, &aws.zone, &desired[..i]).await;
             }
             return Err(e.to_string());

@@ -433,9 +433,7 @@ impl ConnectionTask {
                             reason = Some(format!("keys reloaded: {}", refusal.reason));
                             info!(target: "audit", event = "session.revoked", conn = %conn_id, fingerprint = %refusal.fingerprint,
                                 reason = %refusal.reason, "closing the session after a key reload: {}", refusal.reason);
-                            let _ = handle
-                                .disconnect(Disconnect::ByApplication, "your key is no longer authorized".into(), "en".into())
-                                .await;
+                            disconnect(&handle, "your key is no longer authorized").await;
                         }
                     }
                 }
@@ -443,26 +441,20 @@ impl ConnectionTask {
                     closing = true;
                     reason = Some("certificate expired".to_string());
                     info!(target: "audit", event = "session.expired", conn = %conn_id, "certificate expired: closing the session");
-                    let _ = handle
-                        .disconnect(Disconnect::ByApplication, "your certificate has expired".into(), "en".into())
-                        .await;
+                    disconnect(&handle, "your certificate has expired").await;
                 }
                 _ = tokio::time::sleep_until(deadline), if !grace_over => {
                     grace_over = true;
                     if !is_authenticated {
                         reason = Some("not authenticated within the login grace time".to_string());
-                        let _ = handle
-                            .disconnect(Disconnect::ByApplication, "login grace time exceeded".into(), "en".into())
-                            .await;
+                        disconnect(&handle, "login grace time exceeded").await;
                     }
                 }
                 deadline = stopping(&mut self.drain), if drain_deadline.is_none() => {
                     drain_deadline = Some(deadline);
                     if !is_authenticated {
                         reason = Some("server shutting down".to_string());
-                        let _ = handle
-                            .disconnect(Disconnect::ByApplication, "bastion shutting down".into(), "en".into())
-                            .await;
+                        disconnect(&handle, "bastion shutting down").await;
                     } else {
                         // Tell the user, on each session channel (ssh without -N).
                         let left = deadline.saturating_duration_since(Instant::now());
@@ -475,16 +467,12 @@ impl ConnectionTask {
                 _ = no_tunnels(&signals), if drain_deadline.is_some() && is_authenticated && !closing => {
                     closing = true;
                     reason = Some("server shutting down (tunnels finished)".to_string());
-                    let _ = handle
-                        .disconnect(Disconnect::ByApplication, "bastion shutting down".into(), "en".into())
-                        .await;
+                    disconnect(&handle, "bastion shutting down").await;
                 }
                 _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() && !closing => {
                     closing = true;
                     reason = Some("server shutting down (tunnels cut at --drain-timeout)".to_string());
-                    let _ = handle
-                        .disconnect(Disconnect::ByApplication, "bastion shutting down".into(), "en".into())
-                        .await;
+                    disconnect(&handle, "bastion shutting down").await;
                 }
             }
         }
@@ -499,6 +487,12 @@ async fn stopping(drain: &mut Drain) -> Instant {
         Err(_) => None,
     };
     deadline.unwrap_or_else(Instant::now)
+}
+
+/// Tells the client why, then closes the connection. The result is
+/// ignored: the session may already be gone, which is the goal anyway.
+async fn disconnect(handle: &russh::server::Handle, why: &str) {
+    let _ = handle.disconnect(Disconnect::ByApplication, why.into(), "en".into()).await;
 }
 
 /// The monotonic instant at a wall-clock time (now if it has passed).

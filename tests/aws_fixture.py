@@ -6,6 +6,7 @@
   aws_fixture.py create ENDPOINT ZONE NAME TYPE VALUE -> {"change": "..."}   (a record someone else owns)
   aws_fixture.py upsert ENDPOINT ZONE NAME TYPE VALUE -> {"change": "..."}   (someone edits a record)
   aws_fixture.py eni ENDPOINT PRIVATE_IP              -> {"interface": "eni-...", "public_ip": "..."}
+  aws_fixture.py eni-private ENDPOINT PRIVATE_IP      -> {"interface": "eni-..."}   (no public IP)
 """
 
 import json
@@ -51,12 +52,15 @@ def main(argv):
             }]},
         )
         print(json.dumps({"change": out["ChangeInfo"]["Id"]}))
-    elif command == "eni":
+    elif command in ("eni", "eni-private"):
         ec2 = client("ec2", endpoint)
         private_ip = argv[3]
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
         eni = ec2.create_network_interface(SubnetId=subnet, PrivateIpAddress=private_ip)["NetworkInterface"]
+        if command == "eni-private":
+            print(json.dumps({"interface": eni["NetworkInterfaceId"]}))
+            return
         eip = ec2.allocate_address(Domain="vpc")
         ec2.associate_address(AllocationId=eip["AllocationId"], NetworkInterfaceId=eni["NetworkInterfaceId"])
         print(json.dumps({"interface": eni["NetworkInterfaceId"], "public_ip": eip["PublicIp"]}))

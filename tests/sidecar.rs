@@ -451,3 +451,44 @@ fn drift_is_repaired_under_the_same_ownership_rules() {
     assert!(again.is_some(), "the repair never went live:\n{}", side.stderr().text());
     assert_eq!(a_values(&r53, &zone), vec!["203.0.113.7"]);
 }
+
+#[test]
+fn an_interface_without_a_public_ip_is_waited_for_then_reported() {
+    let r53 = Emulator::ministack();
+    let ec2 = Emulator::moto();
+    let zone = create_zone(&r53);
+    let eni = fixture(&["eni-private", &ec2.url, "10.0.0.77"]);
+    let meta = Metadata::start("task-private", "10.0.0.77", 0);
+    let out =
+        sidecar(&r53.url, &zone, Some(&meta), Some(&ec2.url), &["--once", "--startup-timeout", "3s"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("\"event\":\"address.retry\""), "no retry: {stderr}");
+    assert!(stderr.contains(&format!("{} has no public IP yet", eni["interface"].as_str().unwrap())), "{stderr}");
+    assert!(stderr.contains("assignPublicIp"), "{stderr}");
+    assert_eq!(records(&r53, &zone), vec![]);
+}
+
+#[test]
+fn aaaa_publishes_the_tasks_ipv6_address_too() {
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53);
+    let meta = Metadata::start("task-v6", "10.0.0.8", 0);
+    let mut side = Proc::spawn(
+        sidecar(&r53.url, &zone, Some(&meta), None, &["--address-source", "private", "--aaaa"]),
+        Stdio::null(),
+    );
+    let mut live = 0;
+    let both = side.stderr().wait_for(READY, |l| {
+        live += usize::from(event(l).as_deref() == Some("record.live"));
+        live == 2
+    });
+    assert!(both.is_some(), "{}", side.stderr().text());
+    let recs = records(&r53, &zone);
+    assert!(recs.contains(&(RECORD.into(), "AAAA".into(), vec!["2001:db8:10b:1a00::7".into()], None)), "{recs:?}");
+    assert!(recs.iter().any(|r| r.0 == format!("aaaa-{RECORD}") && r.1 == "TXT"), "{recs:?}");
+    assert_eq!(a_values(&r53, &zone), vec!["10.0.0.8"]);
+    side.signal("TERM");
+    assert_eq!(side.wait_exit(READY).and_then(|s| s.code()), Some(0));
+    assert_eq!(records(&r53, &zone), vec![]);
+}

@@ -2,9 +2,11 @@
 # The project's one test command (see README.md, "Tests").
 #
 # On a fresh Debian machine it installs what the suites need (apt packages,
-# rustfmt/clippy), then runs: format check, clippy, the unit tests, and the
-# end-to-end suites against the real OpenSSH client and PostgreSQL.
-# Anything missing is an error: no test is ever skipped for lack of a tool.
+# pinned Python tools in a venv, rustfmt/clippy), then runs: shellcheck, format
+# check, clippy, the unit tests, the end-to-end suites (the real OpenSSH client,
+# PostgreSQL, ssh-audit; Route 53 and EC2 emulators for dns-sidecar) and the
+# README quick start. Anything missing is an error: no test is ever skipped for
+# lack of a tool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -84,6 +84,8 @@ pub struct Signals {
     pub credential: Mutex<Option<Credential>>,
     /// Tunnel rights from the latest re-check (a reload may change permitopen).
     pub rights: Mutex<Option<KeyRights>>,
+    /// Held by the connection and its tunnel tasks; shutdown waits until all are dropped.
+    pub _done: Option<tokio::sync::mpsc::Sender<()>>,
 }
 
 impl Default for Signals {
@@ -96,11 +98,17 @@ impl Default for Signals {
             certificate_expiry: Mutex::new(None),
             credential: Mutex::new(None),
             rights: Mutex::new(None),
+            _done: None,
         }
     }
 }
 
 impl Signals {
+    /// Signals that keep `done` alive for as long as the connection or any of its tunnels.
+    pub fn holding(done: tokio::sync::mpsc::Sender<()>) -> Self {
+        Self { _done: Some(done), ..Self::default() }
+    }
+
     pub fn session_channels(&self) -> Vec<ChannelId> {
         self.sessions.lock().map(|s| s.clone()).unwrap_or_default()
     }
@@ -753,6 +761,9 @@ impl TunnelLog {
     }
 }
 
+/// How a tunnel cut at the drain deadline is reported.
+const CUT: &str = "cut at shutdown (--drain-timeout)";
+
 /// Decides, connects and relays one tunnel; runs in its own task.
 async fn open_tunnel(
     shared: Arc<Shared>,
@@ -797,12 +808,17 @@ async fn open_tunnel(
             None => ("both sides finished", None),
             Some(e) => ("error", Some(e.to_string())),
         },
-        _ = &mut closed => ("client closed the channel or the connection", None),
+        _ = &mut closed => {
+            // At the drain deadline the server closes connections and cuts
+            // tunnels at once; whichever is seen first, it is a cut.
+            let past_deadline = shared.drain.borrow().is_some_and(|d| tokio::time::Instant::now() >= d);
+            if past_deadline { (CUT, None) } else { ("client closed the channel or the connection", None) }
+        }
         _ = idle(&transfer, shared.tunnel_idle_timeout) => ("idle timeout (--tunnel-idle-timeout)", None),
-        _ = cut_at_drain_deadline(shared.drain.clone()) => ("cut at shutdown (--drain-timeout)", None),
+        _ = cut_at_drain_deadline(shared.drain.clone()) => (CUT, None),
     };
     if shared.drain.borrow().is_some() {
-        let count = if ended_by.starts_with("cut") { &shared.tunnels.cut } else { &shared.tunnels.drained };
+        let count = if ended_by == CUT { &shared.tunnels.cut } else { &shared.tunnels.drained };
         count.fetch_add(1, Ordering::Relaxed);
     }
     log.closed(&target, resolved, &transfer, started, ended_by, error);

@@ -370,7 +370,9 @@ impl ConnectionTask {
         let conn_id = conn.id.clone();
         let peer = conn.peer;
         let deadline = Instant::now() + self.deadlines.login_grace_time;
-        let signals = Arc::new(Signals::default());
+        // The tunnel tasks hold `signals`, and with it a `done` sender: shutdown
+        // waits for them to log how they ended, not just for the connection.
+        let signals = Arc::new(Signals::holding(self._done.clone()));
         let mut authenticated = signals.authenticated.subscribe();
         let handler = ConnectionHandler::new(self.shared.clone(), conn, signals.clone());
         let ended = |reason: &str, grace: bool| Ended {

@@ -315,3 +315,29 @@ fn check_config_reports_every_kind_of_problem_with_its_line() {
     }
     assert!(stdout.contains("certificate authorities: 1"), "{stdout}");
 }
+
+/// The README's configuration section must document every flag both binaries accept.
+#[test]
+fn the_readme_documents_every_flag() {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let sidecar = bastion_bin().with_file_name("dns-sidecar");
+    for (program, args) in [(bastion_bin(), vec!["run", "--help"]), (sidecar, vec!["--help"])] {
+        let out = Command::new(&program).args(&args).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        let flags: Vec<&str> = help
+            .split_whitespace()
+            .map(|w| w.trim_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '-')))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .filter(|w| !matches!(*w, "--help" | "--version"))
+            .collect();
+        assert!(flags.len() > 10, "no flags found in {} --help", program.display());
+        for flag in flags {
+            assert!(
+                readme.contains(&format!("`{flag}")),
+                "{flag} ({}) is not documented in README.md",
+                program.display()
+            );
+        }
+    }
+}

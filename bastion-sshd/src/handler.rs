@@ -198,6 +198,20 @@ impl ConnectionHandler {
         self.identity.as_ref().map(|i| i.fingerprint.as_str()).unwrap_or("")
     }
 
+    /// Records a login: who, and what they logged in with, so that a key
+    /// reload can judge it again and a certificate's expiry can end it.
+    fn logged_in(&mut self, identity: Identity, credential: Credential) {
+        if let Some(until) = identity.certificate.as_ref().and_then(|c| c.valid_before)
+            && let Ok(mut expiry) = self.signals.certificate_expiry.lock()
+        {
+            *expiry = Some(until);
+        }
+        if let Ok(mut slot) = self.signals.credential.lock() {
+            *slot = Some(credential);
+        }
+        self.identity = Some(identity);
+    }
+
     /// Audit event for a refused request on an authenticated connection.
     fn refuse_request(&self, request: &str, detail: &str) {
         info!(
@@ -339,14 +353,12 @@ impl Handler for ConnectionHandler {
                     listed_at = %identity.listed_at,
                     "auth accepted: {} {} ({}) for {user:?}", identity.algorithm, identity.fingerprint, identity.comment
                 );
-                self.identity = Some(identity);
-                if let Ok(mut credential) = self.signals.credential.lock() {
-                    *credential = Some(Credential::Key {
-                        user: user.to_string(),
-                        key: key.public_key.clone(),
-                        algorithm: key.algorithm.clone(),
-                    });
-                }
+                let credential = Credential::Key {
+                    user: user.to_string(),
+                    key: key.public_key.clone(),
+                    algorithm: key.algorithm.clone(),
+                };
+                self.logged_in(identity, credential);
                 Ok(Auth::Accept)
             }
             Err(refusal) => {
@@ -394,16 +406,9 @@ impl Handler for ConnectionHandler {
                     "auth accepted: certificate {:?} serial {} ({}) for {user:?}",
                     cert.key_id, cert.serial, principals
                 );
-                if let Some(until) = cert.valid_before
-                    && let Ok(mut expiry) = self.signals.certificate_expiry.lock()
-                {
-                    *expiry = Some(until);
-                }
-                if let Ok(mut credential) = self.signals.credential.lock() {
-                    *credential =
-                        Some(Credential::Certificate { user: user.to_string(), cert: Box::new(certificate.clone()) });
-                }
-                self.identity = Some(identity);
+                let credential =
+                    Credential::Certificate { user: user.to_string(), cert: Box::new(certificate.clone()) };
+                self.logged_in(identity, credential);
                 Ok(Auth::Accept)
             }
             Err(refusal) => {

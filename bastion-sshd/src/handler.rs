@@ -805,7 +805,7 @@ async fn open_tunnel(
         }
     };
     reply.accept().await;
-    let _open = OpenTunnel::new(&shared, &signals);
+    let open = OpenTunnel::new(&shared, &signals);
     log.opened(&target, resolved);
     let transfer = tunnel::Transfer::default();
     let (ended_by, error) = tokio::select! {
@@ -822,6 +822,10 @@ async fn open_tunnel(
         _ = idle(&transfer, shared.tunnel_idle_timeout) => ("idle timeout (--tunnel-idle-timeout)", None),
         _ = cut_at_drain_deadline(shared.drain.clone()) => (CUT, None),
     };
+    // Free the tunnel's place (channel count, drain count) before reporting
+    // it closed: whoever reads the report may open the next one at once.
+    drop(closed);
+    drop(open);
     if shared.drain.borrow().is_some() {
         let count = if ended_by == CUT { &shared.tunnels.cut } else { &shared.tunnels.drained };
         count.fetch_add(1, Ordering::Relaxed);

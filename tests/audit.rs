@@ -36,7 +36,7 @@ fn algorithms(report: &Value, section: &str) -> Vec<String> {
 
 #[test]
 fn default_algorithms_pass_ssh_audit_but_for_classic_curve25519() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
     let key = ClientKey::generate(dir.path(), "alice", "ed25519", None);
     let server = ServerBuilder::new(dir.path()).authorize(&[&key]).start();
     let (code, report) = audit(&server);
@@ -73,7 +73,7 @@ fn default_algorithms_pass_ssh_audit_but_for_classic_curve25519() {
 
 #[test]
 fn post_quantum_only_passes_ssh_audit_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
     let key = ClientKey::generate(dir.path(), "alice", "ed25519", None);
     let server = ServerBuilder::new(dir.path()).arg("--post-quantum-only").authorize(&[&key]).start();
     let (code, report) = audit(&server);

@@ -15,7 +15,7 @@ struct Setup {
 
 fn setup() -> Setup {
     require("ssh-keygen", "openssh-client");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
     let ca = ClientKey::generate(dir.path(), "user_ca", "ed25519", None);
     let user = ClientKey::generate(dir.path(), "alice", "ed25519", None);
     Setup { dir, ca, user }

@@ -80,7 +80,7 @@ say "shellcheck"
 shellcheck .ci/run tests/*.sh
 
 say "cargo fmt --check (our crates; vendor/ keeps upstream's formatting)"
-cargo fmt -p bastion-sshd -p bastion-tests -- --check
+cargo fmt -p bastion-sshd -p dns-sidecar -p bastion-tests -- --check
 
 say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -13,7 +13,7 @@ use tempfile::TempDir;
 
 fn setup() -> (TempDir, ClientKey) {
     require("ssh", "openssh-client");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
     let key = ClientKey::generate(dir.path(), "alice", "ed25519", None);
     (dir, key)
 }
@@ -49,7 +49,7 @@ fn logs_in(server: &Server, key: &ClientKey) -> bool {
 
 #[test]
 fn keygen_writes_a_key_that_loads_back() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
     let path = dir.path().join("host_ed25519");
     let (public, described) = keygen(&path);
     assert!(public.starts_with("ssh-ed25519 AAAA"), "{public}");
@@ -339,5 +339,58 @@ fn the_readme_documents_every_flag() {
                 program.display()
             );
         }
+    }
+}
+
+/// `Field:\tvalue` from a /proc status file.
+fn proc_status(path: &Path, field: &str) -> String {
+    let status = std::fs::read_to_string(path).unwrap();
+    let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("{field}"));
+    line.split_once(':').unwrap().1.trim().to_string()
+}
+
+/// As in the container image: started as root, the server binds its port and
+/// then becomes 65534:65534 with no capability, no supplementary group and
+/// no_new_privs on every thread, and only then accepts. Started as another
+/// user, it keeps that user (and still sets no_new_privs).
+#[test]
+fn gives_up_root_after_binding_and_before_accepting() {
+    let (dir, key) = setup();
+    let root = proc_status(Path::new("/proc/self/status"), "Uid").split_whitespace().nth(1) == Some("0");
+    let server = ServerBuilder::new(dir.path()).authorize(&[&key]).start();
+    let events: Vec<String> = server.proc.stderr().all().iter().filter_map(|l| event(l)).collect();
+    let status = std::path::PathBuf::from(format!("/proc/{}/status", server.proc.child.id()));
+    let listening = events.iter().position(|e| e == "server.listening").unwrap();
+    if root {
+        let dropped = events.iter().position(|e| e == "server.privileges_dropped").expect("privileges_dropped event");
+        assert!(dropped < listening, "{events:?}");
+        assert_eq!(proc_status(&status, "Uid"), "65534\t65534\t65534\t65534");
+        assert_eq!(proc_status(&status, "Gid"), "65534\t65534\t65534\t65534");
+        assert_eq!(proc_status(&status, "Groups"), "");
+        assert_eq!(proc_status(&status, "CapPrm"), "0000000000000000");
+        assert_eq!(proc_status(&status, "CapEff"), "0000000000000000");
+    } else {
+        assert!(events.iter().any(|e| e == "server.unprivileged"), "{events:?}");
+    }
+    let tasks: Vec<_> = std::fs::read_dir(status.with_file_name("task")).unwrap().map(|t| t.unwrap().path()).collect();
+    assert!(tasks.len() > 1, "the async runtime's threads: {tasks:?}");
+    for task in tasks {
+        assert_eq!(proc_status(&task.join("status"), "NoNewPrivs"), "1", "{task:?}");
+    }
+    assert!(logs_in(&server, &key), "{}", server.proc.stderr().text());
+}
+
+#[test]
+fn run_as_root_or_by_name_is_refused() {
+    for (value, reason) in [
+        ("0:0", "never serves as root"),
+        ("65534:0", "never serves as root"),
+        ("nobody:nogroup", "is not a number"),
+        ("65534", "is not UID:GID"),
+    ] {
+        let out = bastion(&["run", "--run-as", value]).output().unwrap();
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{value}: {stderr}");
+        assert!(stderr.contains("--run-as") && stderr.contains(reason), "{value}: {stderr}");
     }
 }

@@ -18,7 +18,7 @@ fn local(port: u16) -> SocketAddr {
 #[test]
 fn sigterm_lets_a_running_transfer_finish_and_refuses_new_tunnels() {
     require("ssh", "openssh-client");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
     let key = ClientKey::generate(dir.path(), "alice", "ed25519", None);
     let mut server = ServerBuilder::new(dir.path()).authorize(&[&key]).start();
     let data = pattern(10 * MIB, 5);
@@ -72,7 +72,7 @@ fn sigterm_lets_a_running_transfer_finish_and_refuses_new_tunnels() {
 #[test]
 fn tunnels_still_open_at_the_drain_timeout_are_cut() {
     require("ssh", "openssh-client");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
     let key = ClientKey::generate(dir.path(), "alice", "ed25519", None);
     let mut server = ServerBuilder::new(dir.path()).args(["--drain-timeout", "1s"]).authorize(&[&key]).start();
     let echo = EchoServer::start();

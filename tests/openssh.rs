@@ -14,7 +14,7 @@ const MIB: usize = 1024 * 1024;
 fn setup() -> (TempDir, ClientKey) {
     require("ssh", "openssh-client");
     require("ssh-keygen", "openssh-client");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
     let key = ClientKey::generate(dir.path(), "alice", "ed25519", None);
     (dir, key)
 }

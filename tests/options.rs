@@ -7,7 +7,7 @@ use tempfile::TempDir;
 
 fn setup() -> (TempDir, ClientKey) {
     require("ssh", "openssh-client");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
     let key = ClientKey::generate(dir.path(), "alice", "ed25519", None);
     (dir, key)
 }

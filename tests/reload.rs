@@ -30,7 +30,7 @@ fn logged_in(server: &Server, key: &ClientKey) -> bool {
 #[test]
 fn sighup_reloads_keys_while_a_transfer_runs() {
     require("ssh", "openssh-client");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
     let alice = ClientKey::generate(dir.path(), "alice", "ed25519", None);
     let bob = ClientKey::generate(dir.path(), "bob", "ed25519", None);
     let keys = dir.path().join("authorized_keys");
@@ -72,7 +72,7 @@ fn sighup_reloads_keys_while_a_transfer_runs() {
 #[test]
 fn a_removed_key_loses_its_session_and_others_keep_theirs() {
     require("ssh", "openssh-client");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
     let alice = ClientKey::generate(dir.path(), "alice", "ed25519", None);
     let bob = ClientKey::generate(dir.path(), "bob", "ed25519", None);
     let keys = dir.path().join("authorized_keys");
@@ -102,7 +102,7 @@ fn a_removed_key_loses_its_session_and_others_keep_theirs() {
 #[test]
 fn revoking_a_key_by_reload_closes_its_session() {
     require("ssh", "openssh-client");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
     let alice = ClientKey::generate(dir.path(), "alice", "ed25519", None);
     let revoked = dir.path().join("revoked_keys");
     std::fs::write(&revoked, "").unwrap();
@@ -125,7 +125,7 @@ fn revoking_a_key_by_reload_closes_its_session() {
 #[test]
 fn a_failed_reload_keeps_the_keys_in_force() {
     require("ssh", "openssh-client");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
     let alice = ClientKey::generate(dir.path(), "alice", "ed25519", None);
     let keys = dir.path().join("authorized_keys");
     write_keys(&keys, &[&alice]);

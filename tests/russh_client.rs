@@ -22,7 +22,7 @@ impl client::Handler for Pinned {
 #[tokio::test]
 async fn password_and_keyboard_interactive_requests_are_refused() {
     require("ssh-keygen", "openssh-client");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
     let key = ClientKey::generate(dir.path(), "alice", "ed25519", None);
     let server = ServerBuilder::new(dir.path()).authorize(&[&key]).start();
     let host_key = PublicKey::from_openssh(&server.host_public_key).unwrap();

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::privileges::RunAs;
+
 /// Environment variable holding authorized_keys *text* (how ECS injects a secret).
 pub const ENV_AUTHORIZED_KEYS_TEXT: &str = "BASTION_AUTHORIZED_KEYS";
 /// Environment variable holding trusted user CA public keys *text*.
@@ -186,6 +188,11 @@ pub struct ServerArgs {
     /// normally the DNS name users connect to.
     #[arg(long, value_name = "NAME", env = "BASTION_NAME", default_value = "bastion")]
     pub name: String,
+
+    /// Started as root (to bind port 22 in a container), become this numeric UID:GID
+    /// after binding and before accepting anything; never root. Ignored when not started as root.
+    #[arg(long, value_name = "UID:GID", env = "BASTION_RUN_AS", default_value = "65534:65534")]
+    pub run_as: RunAs,
 }
 
 #[derive(Debug, Args, Clone)]

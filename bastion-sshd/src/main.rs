@@ -15,6 +15,7 @@ mod limits;
 mod logging;
 mod options;
 mod policy;
+mod privileges;
 mod reload;
 mod server;
 mod session;
@@ -60,6 +61,15 @@ fn main() -> ExitCode {
 
 fn serve(args: cli::ServerArgs, log_format: Option<cli::LogFormat>) -> ExitCode {
     logging::init(log_format);
+    // Configuration, sockets and giving up root come before the runtime starts
+    // its threads (see `privileges`).
+    let prepared = match server::prepare(args) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(event = "server.error", "{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -67,7 +77,7 @@ fn serve(args: cli::ServerArgs, log_format: Option<cli::LogFormat>) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(server::run(args)) {
+    match runtime.block_on(server::run(prepared)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(event = "server.error", "{e:#}");

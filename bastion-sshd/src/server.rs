@@ -28,6 +28,7 @@ use crate::handler::{Connection, ConnectionHandler, Drain, Shared, Signals, Tunn
 use crate::hostkey::HostKey;
 use crate::keys::{KeyStore, LiveKeys};
 use crate::limits::{Admission, Ticket};
+use crate::privileges::{self, Outcome};
 use crate::reload;
 use crate::session;
 
@@ -113,15 +114,19 @@ fn log_keys(store: &KeyStore) {
     }
 }
 
-/// Runs the server until SIGTERM or SIGINT.
-pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    // Signal handlers first: a signal that arrives before them would kill the process.
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let hup = signal(SignalKind::hangup())
-        .map_err(|e| error!(event = "keys.reload_failed", "no SIGHUP handler ({e}); keys reload on file change only"))
-        .ok();
+/// The server before its runtime starts: configuration checked, sockets bound, root given up.
+pub struct Prepared {
+    args: ServerArgs,
+    loaded: Loaded,
+    host_keys: Vec<HostKey>,
+    /// Bound while still root (port 22); served after the switch to `--run-as`.
+    listeners: Vec<std::net::TcpListener>,
+}
 
+/// Loads and checks the configuration, binds the listen addresses and gives up
+/// root. Runs before the async runtime exists, so that no thread is started
+/// with privileges (see `privileges`).
+pub fn prepare(args: ServerArgs) -> anyhow::Result<Prepared> {
     let mut loaded = Loaded::load(&args);
     loaded.key_problems.log_skipped();
     let fatal = loaded.fatal_errors();
@@ -151,6 +156,29 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     log_keys(&loaded.keys);
 
+    let listeners = bind_all(&loaded.listen)?;
+    match privileges::drop_root(args.run_as).map_err(|e| anyhow::anyhow!("giving up root: {e}"))? {
+        Outcome::Dropped(run_as) => info!(
+            event = "server.privileges_dropped",
+            uid = run_as.uid,
+            gid = run_as.gid,
+            "listening sockets bound as root; now running as {run_as} without capabilities"
+        ),
+        Outcome::NotRoot { uid, gid } => info!(event = "server.unprivileged", uid, gid, "running as {uid}:{gid}"),
+    }
+    Ok(Prepared { args, loaded, host_keys, listeners })
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
+    // Signal handlers first: a signal that arrives before them would kill the process.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let hup = signal(SignalKind::hangup())
+        .map_err(|e| error!(event = "keys.reload_failed", "no SIGHUP handler ({e}); keys reload on file change only"))
+        .ok();
+
+    let Prepared { args, mut loaded, host_keys, listeners } = prepared;
     let config = Arc::new(russh_config(&args, &host_keys));
     let live_keys = Arc::new(LiveKeys::new(std::mem::take(&mut loaded.keys)));
     let (generation_tx, generation_rx) = watch::channel(0u64);
@@ -177,11 +205,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let deadlines = Arc::new(Deadlines { login_grace_time: args.login_grace_time });
     let admission = Admission::new(loaded.limits.clone());
 
-    let listeners = bind_all(&loaded.listen)?;
     // Every task holds a clone; when all are dropped, `recv` returns None: everything has finished.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let ids = Arc::new(AtomicU64::new(0));
     for listener in listeners {
+        let listener = TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         info!(event = "server.listening", addr = %addr, "listening on {addr}");
         let accept = AcceptLoop {
@@ -227,7 +255,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
 /// Binds every listen address. The default is `[::]:22` accepting IPv6 and
 /// IPv4, or `0.0.0.0:22` on hosts (and containers) without IPv6.
-fn bind_all(listen: &Listen) -> anyhow::Result<Vec<TcpListener>> {
+fn bind_all(listen: &Listen) -> anyhow::Result<Vec<std::net::TcpListener>> {
     let sockets = match listen {
         Listen::Default => match bind(Listen::default_dual_stack(), false) {
             Ok(l) => vec![l],
@@ -249,7 +277,7 @@ fn bind_all(listen: &Listen) -> anyhow::Result<Vec<TcpListener>> {
     Ok(sockets)
 }
 
-fn bind(addr: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
+fn bind(addr: SocketAddr, v6only: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(v6only)?;
@@ -258,7 +286,7 @@ fn bind(addr: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Accepts connections on one listener until shutdown.

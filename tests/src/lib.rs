@@ -35,6 +35,19 @@ pub fn bastion_bin() -> PathBuf {
 }
 
 /// Fails loudly if a tool the suite needs is not installed.
+/// A temporary directory bastion-sshd can still read after giving up root.
+/// When the tests run as root, the server binds and then becomes 65534:65534,
+/// as in the container image, and re-reads key files on reload as that user;
+/// `tempfile::tempdir()` is mode 0700, which it could not enter.
+pub fn tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix("bastion-test-")
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir()
+        .expect("creating a temporary directory")
+}
+
 pub fn require(tool: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(tool)).find(|p| p.is_file()));

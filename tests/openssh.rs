@@ -427,3 +427,46 @@ fn x11_forwarding_is_refused() {
     ssh.child.stdin.as_mut().unwrap().write_all(&[0x04]).unwrap();
     assert!(ssh.wait_exit(READY).is_some());
 }
+
+/// The README's client guide `~/.ssh/config` stanza, as written but for where
+/// things are here: `ssh db-tunnel` opens the forward, runs no session, and
+/// the bastion carries it; `ssh -G` resolves the jump host alias.
+#[test]
+fn the_readme_ssh_config_stanza_works() {
+    let (dir, key) = setup();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let stanza = readme.split("```sshconfig\n").nth(1).and_then(|s| s.split("```").next()).expect("sshconfig block");
+    let server = server(&dir, &[&key]);
+    let echo = EchoServer::start();
+    let port = free_port();
+    let mut config = String::new();
+    for line in stanza.lines() {
+        let replaced = match line.trim().split_whitespace().next() {
+            Some("HostName") if line.contains("bastion.eu-west-1.example.com") => {
+                format!("    HostName 127.0.0.1\n    Port {}", server.addr.port())
+            }
+            Some("IdentityFile") => format!("    IdentityFile {}", key.private.display()),
+            Some("UserKnownHostsFile") => format!("    UserKnownHostsFile {}", server.known_hosts.display()),
+            Some("LocalForward") => format!("    LocalForward 127.0.0.1:{port} 127.0.0.1:{}", echo.addr.port()),
+            _ => line.to_string(),
+        };
+        config.push_str(&replaced);
+        config.push('\n');
+    }
+    let path = dir.path().join("ssh_config");
+    std::fs::write(&path, &config).unwrap();
+
+    let resolved = Command::new("ssh").arg("-F").arg(&path).args(["-G", "admin-box"]).output().unwrap();
+    let resolved = String::from_utf8_lossy(&resolved.stdout);
+    assert!(resolved.lines().any(|l| l == "proxyjump bastion"), "{resolved}");
+
+    let mut cmd = Command::new("ssh");
+    cmd.arg("-F").arg(&path).args(["-v", "-o", "BatchMode=yes", "db-tunnel"]);
+    let ssh = Proc::spawn(cmd, Stdio::null());
+    assert!(wait_forwards(&ssh, &[port]), "{}\n{config}", ssh.stderr().text());
+    let data = pattern(256 * 1024, 7);
+    assert_eq!(checksum(&echo_round_trip(local(port), &data)), checksum(&data));
+    let opened = server.wait_event("tunnel.opened", |_| true);
+    assert_eq!(opened["user"], "alice");
+    assert!(server.events("session.shell").is_empty(), "SessionType none opened a session");
+}

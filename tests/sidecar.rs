@@ -1,8 +1,6 @@
-//! dns-sidecar against AWS emulators on loopback: Route 53 from ministack
-//! (exact-match DELETE, CREATE-if-absent, PENDING then INSYNC, like the real
-//! service), EC2 from moto (an ENI with an associated Elastic IP). The ECS
-//! task metadata endpoint cannot run here, so a small real HTTP server in
-//! this file serves the documented Fargate v4 `/task` shape.
+//! dns-sidecar against AWS emulators on loopback (see `bastion_tests::aws`):
+//! Route 53 from ministack, EC2 from moto (an ENI with an associated Elastic
+//! IP), and a small real HTTP server for the ECS task metadata endpoint.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -11,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
 
+use bastion_tests::aws::{Emulator, Metadata, create_zone, fixture, records};
 use bastion_tests::*;
 use serde_json::Value;
 
@@ -25,134 +23,11 @@ fn sidecar_bin() -> PathBuf {
     path
 }
 
-/// An emulator process on a free loopback port, up when its port accepts.
-struct Emulator {
-    /// Killed when the test ends.
-    _proc: Proc,
-    url: String,
-}
-
-impl Emulator {
-    fn start(program: &str, args: &[&str], envs: &[(&str, String)], port: u16) -> Self {
-        require(program, "pip install ministack 'moto[server]' (tests/ci.sh does, into target/ci-venv)");
-        let mut cmd = Command::new(program);
-        cmd.args(args);
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut proc = Proc::spawn(cmd, Stdio::null());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(proc.is_running(), "{program} exited:\n{}", proc.stderr().text());
-            assert!(Instant::now() < deadline, "{program} did not listen on {port}:\n{}", proc.stderr().text());
-            thread::sleep(Duration::from_millis(100));
-        }
-        Emulator { _proc: proc, url: format!("http://127.0.0.1:{port}") }
-    }
-
-    fn ministack() -> Self {
-        let port = free_port();
-        Self::start(
-            "ministack",
-            &[],
-            &[
-                ("BIND_HOST", "127.0.0.1".into()),
-                ("GATEWAY_PORT", port.to_string()),
-                // Only Route 53, and no MQTT listener on the fixed port 8883.
-                ("SERVICES", "route53".into()),
-                ("IOT_MTLS_ENABLED", "0".into()),
-            ],
-            port,
-        )
-    }
-
-    fn moto() -> Self {
-        let port = free_port();
-        Self::start("moto_server", &["-H", "127.0.0.1", "-p", &port.to_string()], &[], port)
-    }
-}
-
-/// Runs tests/aws_fixture.py (boto3) and parses its JSON.
-fn fixture(args: &[&str]) -> Value {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aws_fixture.py");
-    let out = Command::new("python3").arg(script).args(args).output().expect("python3");
-    assert!(out.status.success(), "aws_fixture {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("fixture JSON")
-}
-
-fn create_zone(r53: &Emulator) -> String {
-    fixture(&["create-zone", &r53.url, ZONE_NAME])["zone"].as_str().unwrap().to_string()
-}
-
-/// The zone's records other than NS/SOA, as (name, type, values, set).
-fn records(r53: &Emulator, zone: &str) -> Vec<(String, String, Vec<String>, Option<String>)> {
-    let list = fixture(&["list", &r53.url, zone]);
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["name"].as_str().unwrap().to_string(),
-                r["type"].as_str().unwrap().to_string(),
-                r["values"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect(),
-                r["set"].as_str().map(str::to_string),
-            )
-        })
-        .collect()
-}
-
 fn a_values(r53: &Emulator, zone: &str) -> Vec<String> {
     let mut values: Vec<String> =
         records(r53, zone).into_iter().filter(|r| r.0 == RECORD && r.1 == "A").flat_map(|r| r.2).collect();
     values.sort();
     values
-}
-
-/// The task metadata endpoint: `/task` answers the Fargate v4 shape for this
-/// task; the first `fail_first` requests get 503 (an endpoint not up yet).
-struct Metadata {
-    url: String,
-    requests: Arc<AtomicUsize>,
-}
-
-impl Metadata {
-    fn start(task_id: &str, private_ip: &str, fail_first: usize) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let body = format!(
-            r#"{{"Cluster":"arn:aws:ecs:us-east-1:111122223333:cluster/prod",
-            "TaskARN":"arn:aws:ecs:us-east-1:111122223333:task/prod/{task_id}",
-            "Family":"bastion","Revision":"7","DesiredStatus":"RUNNING","KnownStatus":"RUNNING",
-            "Limits":{{"CPU":0.25,"Memory":512}},"AvailabilityZone":"us-east-1a","FutureField":[1,2],
-            "Containers":[{{"DockerId":"abc","Name":"dns-sidecar","Labels":{{}},
-              "Networks":[{{"NetworkMode":"awsvpc","IPv4Addresses":["{private_ip}"],
-                "IPv6Addresses":["2001:db8:10b:1a00::7"],"AttachmentIndex":0,"MACAddress":"02:b7:20:19:72:39"}}]}}],
-            "LaunchType":"FARGATE"}}"#
-        );
-        let requests = Arc::new(AtomicUsize::new(0));
-        let counter = requests.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let mut line = String::new();
-                let _ = BufReader::new(stream.try_clone().unwrap()).read_line(&mut line);
-                let n = counter.fetch_add(1, Ordering::SeqCst);
-                let (status, body) = if n < fail_first {
-                    ("503 Service Unavailable", "not ready".to_string())
-                } else if line.contains("/task ") {
-                    ("200 OK", body.clone())
-                } else {
-                    ("404 Not Found", "{}".to_string())
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        Metadata { url: format!("http://{addr}/v4/token"), requests }
-    }
 }
 
 /// `dns-sidecar` pointed at the emulators, with a clean environment.
@@ -192,7 +67,7 @@ fn wait_event(proc: &Proc, name: &str) -> Value {
 #[test]
 fn a_free_name_is_published_and_deleted_on_sigterm() {
     let r53 = Emulator::ministack();
-    let zone = create_zone(&r53);
+    let zone = create_zone(&r53, ZONE_NAME);
     let mut cmd = sidecar(&r53.url, &zone, None, None, &["--address", "203.0.113.7"]);
     cmd.stdin(Stdio::null());
     let mut side = Proc::spawn(cmd, Stdio::null());
@@ -221,7 +96,7 @@ fn a_free_name_is_published_and_deleted_on_sigterm() {
 #[test]
 fn a_restart_with_a_new_address_replaces_our_record() {
     let r53 = Emulator::ministack();
-    let zone = create_zone(&r53);
+    let zone = create_zone(&r53, ZONE_NAME);
     for ip in ["203.0.113.7", "203.0.113.8"] {
         let out = sidecar(&r53.url, &zone, None, None, &["--address", ip, "--once"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -232,7 +107,7 @@ fn a_restart_with_a_new_address_replaces_our_record() {
 #[test]
 fn a_record_we_do_not_own_is_left_alone_and_the_sidecar_fails() {
     let r53 = Emulator::ministack();
-    let zone = create_zone(&r53);
+    let zone = create_zone(&r53, ZONE_NAME);
     fixture(&["create", &r53.url, &zone, RECORD, "A", "198.51.100.1"]);
     let out = sidecar(&r53.url, &zone, None, None, &["--address", "203.0.113.7", "--once"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -254,7 +129,7 @@ fn a_record_we_do_not_own_is_left_alone_and_the_sidecar_fails() {
 #[test]
 fn sigterm_after_a_newer_task_took_over_leaves_its_record() {
     let r53 = Emulator::ministack();
-    let zone = create_zone(&r53);
+    let zone = create_zone(&r53, ZONE_NAME);
     let mut old = Proc::spawn(sidecar(&r53.url, &zone, None, None, &["--address", "203.0.113.7"]), Stdio::null());
     wait_event(&old, "record.live");
     // The replacement task (same service, so same owner) publishes its address.
@@ -273,7 +148,7 @@ fn sigterm_after_a_newer_task_took_over_leaves_its_record() {
 #[test]
 fn multivalue_sidecars_each_own_and_delete_only_their_record() {
     let r53 = Emulator::ministack();
-    let zone = create_zone(&r53);
+    let zone = create_zone(&r53, ZONE_NAME);
     let m1 = Metadata::start("task1", "10.0.0.5", 0);
     let m2 = Metadata::start("task2", "10.0.0.6", 0);
     let args = ["--mode", "multivalue", "--address-source", "private"];
@@ -297,7 +172,7 @@ fn multivalue_sidecars_each_own_and_delete_only_their_record() {
 fn the_public_ip_comes_from_the_tasks_network_interface() {
     let r53 = Emulator::ministack();
     let ec2 = Emulator::moto();
-    let zone = create_zone(&r53);
+    let zone = create_zone(&r53, ZONE_NAME);
     let eni = fixture(&["eni", &ec2.url, "10.0.0.42"]);
     let public_ip = eni["public_ip"].as_str().unwrap().to_string();
     let meta = Metadata::start("task-eni", "10.0.0.42", 0);
@@ -311,7 +186,7 @@ fn the_public_ip_comes_from_the_tasks_network_interface() {
 #[test]
 fn a_slow_metadata_endpoint_is_retried() {
     let r53 = Emulator::ministack();
-    let zone = create_zone(&r53);
+    let zone = create_zone(&r53, ZONE_NAME);
     let meta = Metadata::start("task-slow", "10.0.0.9", 3);
     let out = sidecar(&r53.url, &zone, Some(&meta), None, &["--address-source", "private", "--once"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -322,7 +197,7 @@ fn a_slow_metadata_endpoint_is_retried() {
 #[test]
 fn a_garbage_checkip_answer_is_a_clear_error() {
     let r53 = Emulator::ministack();
-    let zone = create_zone(&r53);
+    let zone = create_zone(&r53, ZONE_NAME);
     let meta = Metadata::start("task-checkip", "10.0.0.9", 0);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
@@ -411,7 +286,7 @@ fn read_request(stream: &TcpStream) -> Option<(String, Vec<u8>)> {
 #[test]
 fn throttling_is_retried() {
     let r53 = Emulator::ministack();
-    let zone = create_zone(&r53);
+    let zone = create_zone(&r53, ZONE_NAME);
     let (proxy, throttled) = throttling_proxy(&r53.url);
     let out = sidecar(&proxy, &zone, None, None, &["--address", "203.0.113.7", "--once"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -431,7 +306,7 @@ fn a_missing_zone_fails_fast_with_what_to_fix() {
 #[test]
 fn drift_is_repaired_under_the_same_ownership_rules() {
     let r53 = Emulator::ministack();
-    let zone = create_zone(&r53);
+    let zone = create_zone(&r53, ZONE_NAME);
     let mut cmd = sidecar(&r53.url, &zone, None, None, &["--address", "203.0.113.7", "--reconcile-interval", "1s"]);
     cmd.stdin(Stdio::null());
     let side = Proc::spawn(cmd, Stdio::null());
@@ -456,7 +331,7 @@ fn drift_is_repaired_under_the_same_ownership_rules() {
 fn an_interface_without_a_public_ip_is_waited_for_then_reported() {
     let r53 = Emulator::ministack();
     let ec2 = Emulator::moto();
-    let zone = create_zone(&r53);
+    let zone = create_zone(&r53, ZONE_NAME);
     let eni = fixture(&["eni-private", &ec2.url, "10.0.0.77"]);
     let meta = Metadata::start("task-private", "10.0.0.77", 0);
     let out =
@@ -472,7 +347,7 @@ fn an_interface_without_a_public_ip_is_waited_for_then_reported() {
 #[test]
 fn aaaa_publishes_the_tasks_ipv6_address_too() {
     let r53 = Emulator::ministack();
-    let zone = create_zone(&r53);
+    let zone = create_zone(&r53, ZONE_NAME);
     let meta = Metadata::start("task-v6", "10.0.0.8", 0);
     let mut side = Proc::spawn(
         sidecar(&r53.url, &zone, Some(&meta), None, &["--address-source", "private", "--aaaa"]),

@@ -4,6 +4,8 @@
 //!
 //! Readiness is always observed (a log line, a port accepting), never slept for.
 
+pub mod aws;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -305,12 +307,21 @@ impl ServerBuilder {
             // Tests fail logins from 127.0.0.1 on purpose; only the penalty tests want penalties.
             cmd.args(["--penalty", "0s"]);
         }
-        let proc = Proc::spawn(cmd, Stdio::null());
+        Server::from_log(Proc::spawn(cmd, Stdio::null()), &self.dir, None)
+    }
+}
+
+impl Server {
+    /// Waits for the server whose log `proc` reads (the server itself, or
+    /// `docker logs -f` of a container) to listen, and pins its host key in a
+    /// known_hosts file in `dir`. `reach` is the address clients use, if not
+    /// the one it listens on (a container's address and port 22).
+    pub fn from_log(proc: Proc, dir: &Path, reach: Option<SocketAddr>) -> Server {
         let listening = proc
             .stderr()
             .wait_for(READY, |l| event(l).as_deref() == Some("server.listening"))
             .unwrap_or_else(|| panic!("server did not start listening:\n{}", proc.stderr().text()));
-        let addr: SocketAddr = json(&listening)["addr"].as_str().unwrap().parse().unwrap();
+        let addr = reach.unwrap_or_else(|| json(&listening)["addr"].as_str().unwrap().parse().unwrap());
         let hostkey = proc
             .stderr()
             .all()
@@ -320,14 +331,16 @@ impl ServerBuilder {
         let known = json(&hostkey)["known_hosts"].as_str().unwrap().to_string();
         // "<name> <type> <base64>"
         let host_public_key = known.split_once(' ').unwrap().1.to_string();
-        let known_hosts = self.dir.join(format!("known_hosts.{}", unique()));
+        let known_hosts = dir.join(format!("known_hosts.{}", unique()));
         // Pin the key for the address listened on; for a wildcard, for both loopbacks.
         let hosts = if addr.ip().is_unspecified() {
             vec!["127.0.0.1".to_string(), "::1".to_string()]
         } else {
             vec![addr.ip().to_string()]
         };
-        let lines: String = hosts.iter().map(|h| format!("[{h}]:{} {host_public_key}\n", addr.port())).collect();
+        // OpenSSH writes and looks up `host` for port 22, `[host]:port` otherwise.
+        let pattern = |h: &String| if addr.port() == 22 { h.clone() } else { format!("[{h}]:{}", addr.port()) };
+        let lines: String = hosts.iter().map(|h| format!("{} {host_public_key}\n", pattern(h))).collect();
         std::fs::write(&known_hosts, lines).unwrap();
         Server { proc, addr, host_public_key, known_hosts }
     }
@@ -552,7 +565,14 @@ pub struct Postgres {
 }
 
 impl Postgres {
+    /// On 127.0.0.1.
     pub fn start(dir: &Path) -> Self {
+        Self::start_on(dir, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// On `listen` (the Docker bridge, for a bastion in a container), trusting
+    /// every host of the networks it is directly on.
+    pub fn start_on(dir: &Path, listen: std::net::IpAddr) -> Self {
         let data = dir.join("pgdata");
         if is_root() {
             // initdb refuses to run as root: the cluster belongs to `postgres`.
@@ -566,6 +586,12 @@ impl Postgres {
             .output()
             .expect("initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        if !listen.is_loopback() {
+            let hba = data.join("pg_hba.conf");
+            let mut text = std::fs::read_to_string(&hba).unwrap();
+            text.push_str("host all all samenet trust\n");
+            std::fs::write(&hba, text).unwrap();
+        }
         let port = free_port();
         let out = pg_command("pg_ctl")
             .arg("-D")
@@ -574,7 +600,7 @@ impl Postgres {
             .arg("-l")
             .arg(dir.join("pg.log"))
             .arg("-o")
-            .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display()))
+            .arg(format!("-p {port} -k {} -c listen_addresses={listen}", dir.display()))
             .arg("start")
             .output()
             .expect("pg_ctl");

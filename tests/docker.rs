@@ -1,0 +1,325 @@
+//! The images, run by a real Docker engine the way deploy/task-definition.json
+//! runs them: read-only root filesystem, capabilities dropped, keys passed as
+//! environment variables (ECS `secrets`). The bastion image carries a real
+//! OpenSSH client's `ssh -L` to a real PostgreSQL on the host's bridge; the
+//! sidecar image publishes to ministack/moto on the host's bridge, with a
+//! small real HTTP server for the ECS task metadata (the one faked endpoint).
+//!
+//! tests/images.sh builds the images (tests/ci.sh runs it first) and writes
+//! target/images/env, which these tests read.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bastion_tests::aws::{Emulator, Metadata, create_zone, fixture, records};
+use bastion_tests::*;
+
+/// What tests/images.sh built, and where the engine is.
+struct Images {
+    vars: HashMap<String, String>,
+}
+
+impl Images {
+    fn load() -> Self {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/images/env");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("{}: {e}. Build the images first: bash tests/images.sh (tests/ci.sh does)", path.display())
+        });
+        let vars = text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
+        Images { vars }
+    }
+
+    fn var(&self, name: &str) -> &str {
+        self.vars.get(name).map(String::as_str).unwrap_or_else(|| panic!("{name} missing in target/images/env"))
+    }
+
+    fn docker(&self) -> Command {
+        let mut cmd = Command::new(self.var("DOCKER"));
+        let host = self.var("DOCKER_HOST");
+        if !host.is_empty() {
+            cmd.env("DOCKER_HOST", host);
+        }
+        cmd
+    }
+
+    /// Runs a docker command to completion; panics with its output on failure.
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.docker().args(args).output().expect("docker");
+        assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn gateway(&self) -> IpAddr {
+        self.var("BRIDGE_GATEWAY").parse().expect("BRIDGE_GATEWAY")
+    }
+}
+
+/// A container, removed when the test ends.
+struct Container<'a> {
+    images: &'a Images,
+    id: String,
+}
+
+impl<'a> Container<'a> {
+    /// `docker run -d ARGS`; `env` values travel in the docker client's
+    /// environment (`-e NAME`), as ECS hands secrets to the container.
+    fn start(images: &'a Images, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = images.docker();
+        cmd.args(["run", "-d"]);
+        for (name, value) in env {
+            cmd.args(["-e", name]).env(name, value);
+        }
+        let out = cmd.args(args).output().expect("docker run");
+        assert!(out.status.success(), "docker run {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Container { images, id: String::from_utf8_lossy(&out.stdout).trim().to_string() }
+    }
+
+    fn inspect(&self, format: &str) -> String {
+        self.images.run(&["inspect", "-f", format, &self.id])
+    }
+
+    /// Follows the container's log (stdout and stderr) as a process.
+    fn logs(&self) -> Proc {
+        let mut cmd = self.images.docker();
+        cmd.args(["logs", "-f", &self.id]);
+        Proc::spawn(cmd, Stdio::null())
+    }
+
+    fn ip(&self) -> IpAddr {
+        self.inspect("{{.NetworkSettings.IPAddress}}").parse().expect("container IP")
+    }
+
+    /// `docker stop`: SIGTERM, then SIGKILL after `timeout` seconds.
+    fn stop(&self, timeout: u32) -> Duration {
+        let start = Instant::now();
+        self.images.run(&["stop", "-t", &timeout.to_string(), &self.id]);
+        start.elapsed()
+    }
+
+    fn exit_code(&self) -> i32 {
+        self.images.run(&["wait", &self.id]).parse().expect("exit code")
+    }
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let _ = self.images.docker().args(["rm", "-f", &self.id]).output();
+    }
+}
+
+/// `Field:\tvalue` of a /proc status file.
+fn proc_status(path: &Path, field: &str) -> String {
+    let status = std::fs::read_to_string(path).unwrap();
+    let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("{field}"));
+    line.split_once(':').unwrap().1.trim().to_string()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The capabilities deploy/task-definition.json leaves the bastion: all others are dropped.
+const BASTION_CAPS: &[&str] =
+    &["--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE", "--cap-add", "SETUID", "--cap-add", "SETGID"];
+
+/// A host key made by the image itself, as the deploy guide makes it.
+fn host_key(images: &Images) -> String {
+    let out = images
+        .docker()
+        .args(["run", "--rm", "--read-only", "--cap-drop", "ALL", images.var("BASTION_IMAGE"), "keygen"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keygen in the image: {}", text(&out));
+    let key = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(key.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"), "{key}");
+    key
+}
+
+#[test]
+fn bastion_image_carries_psql_as_nobody_turns_healthy_and_drains_on_docker_stop() {
+    require("ssh", "openssh-client");
+    require("psql", "postgresql-client");
+    let images = Images::load();
+    let dir = bastion_tests::tempdir();
+    let key = ClientKey::generate(dir.path(), "alice", "ed25519", None);
+    let pg_dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start_on(pg_dir.path(), images.gateway());
+    let target = format!("{}:{}", images.gateway(), pg.port);
+
+    let host_key = host_key(&images);
+    let authorized = format!("{}\n", key.public_line);
+    let mut args = vec!["--read-only", "--health-interval", "1s", "--health-start-period", "0s"];
+    args.extend(BASTION_CAPS);
+    args.push(images.var("BASTION_IMAGE"));
+    let container = Container::start(
+        &images,
+        &args,
+        &[
+            ("BASTION_HOST_KEY", &host_key),
+            ("BASTION_AUTHORIZED_KEYS", &authorized),
+            ("BASTION_PERMIT_OPEN", &target),
+            ("BASTION_DRAIN_TIMEOUT", "3s"),
+        ],
+    );
+    let server = Server::from_log(container.logs(), dir.path(), Some(SocketAddr::new(container.ip(), 22)));
+    assert_eq!(server.wait_event("hostkey.loaded", |_| true)["source"], "BASTION_HOST_KEY");
+
+    // The server process, seen from the host: not root, no capabilities, no_new_privs.
+    server.wait_event("server.privileges_dropped", |e| e["uid"] == 65534 && e["gid"] == 65534);
+    let pid = container.inspect("{{.State.Pid}}");
+    let status = PathBuf::from(format!("/proc/{pid}/status"));
+    assert_eq!(proc_status(&status, "Uid"), "65534\t65534\t65534\t65534");
+    assert_eq!(proc_status(&status, "Gid"), "65534\t65534\t65534\t65534");
+    assert_eq!(proc_status(&status, "CapEff"), "0000000000000000");
+    assert_eq!(proc_status(&status, "CapPrm"), "0000000000000000");
+    assert_eq!(proc_status(&status, "NoNewPrivs"), "1");
+
+    // The image's HEALTHCHECK (`bastion-sshd healthcheck`) passes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while container.inspect("{{.State.Health.Status}}") != "healthy" {
+        assert!(Instant::now() < deadline, "never healthy: {}", container.inspect("{{json .State.Health}}"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // psql through `ssh -L` to the container's port 22.
+    let (_ssh, ports) = server.tunnel(&key, &[(&images.gateway().to_string(), pg.port)], &[]);
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &ports[0].to_string(), "-U", "app", "-d", "postgres", "-Atc"])
+        .arg("select 1 + 1, current_user")
+        .env("PGCONNECT_TIMEOUT", "20")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "psql: {}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2|app");
+    let closed = server.wait_event("tunnel.closed", |_| true);
+    assert_eq!(closed["fingerprint"], key.fingerprint());
+    assert_eq!(closed["resolved"], target);
+
+    // A tunnel still open at `docker stop`: the bastion drains (3 s here), cuts
+    // it, and exits 0 before Docker's SIGKILL (30 s, the task's stopTimeout).
+    let held = connect_retry(SocketAddr::from(([127, 0, 0, 1], ports[0])));
+    let mut opened = 0;
+    let second = server.proc.stderr().wait_for(READY, |l| {
+        opened += usize::from(event(l).as_deref() == Some("tunnel.opened"));
+        opened == 2
+    });
+    assert!(second.is_some(), "the held connection's tunnel did not open:\n{}", server.proc.stderr().text());
+    let took = container.stop(30);
+    assert_eq!(container.exit_code(), 0, "{}", server.proc.stderr().text());
+    let stopped = server.wait_event("server.stopped", |_| true);
+    assert_eq!(stopped["tunnels_cut"], 1, "{stopped}");
+    println!("docker stop with one open tunnel took {took:?} (drain timeout 3 s, stop timeout 30 s)");
+    drop(held);
+}
+
+#[test]
+fn bastion_image_without_setuid_refuses_to_serve_as_root() {
+    let images = Images::load();
+    let key_dir = bastion_tests::tempdir();
+    let key = ClientKey::generate(key_dir.path(), "alice", "ed25519", None);
+    let container = Container::start(
+        &images,
+        &["--read-only", "--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE", images.var("BASTION_IMAGE")],
+        &[("BASTION_AUTHORIZED_KEYS", &key.public_line)],
+    );
+    assert_eq!(container.exit_code(), 1);
+    let log = text(&images.docker().args(["logs", &container.id]).output().unwrap());
+    assert!(log.contains("giving up root: setgroups([]): EPERM"), "{log}");
+    assert!(!log.contains("server.listening"), "{log}");
+}
+
+#[test]
+fn sidecar_image_publishes_the_task_ip_and_deletes_it_on_docker_stop() {
+    let images = Images::load();
+    let gateway = images.gateway();
+    let r53 = Emulator::ministack_on(gateway);
+    let ec2 = Emulator::moto_on(gateway);
+    let zone = create_zone(&r53, "example.test.");
+    let eni = fixture(&["eni", &ec2.url, "10.0.0.42"]);
+    let public_ip = eni["public_ip"].as_str().unwrap().to_string();
+    let meta = Metadata::start_on(gateway, "task-docker", "10.0.0.42", 0);
+
+    let container = Container::start(
+        &images,
+        &["--read-only", "--cap-drop", "ALL", images.var("SIDECAR_IMAGE")],
+        &[
+            ("DNS_SIDECAR_RECORD_NAME", "bastion.example.test"),
+            ("DNS_SIDECAR_HOSTED_ZONE_ID", &zone),
+            ("DNS_SIDECAR_INSYNC_POLL", "100ms"),
+            ("ECS_CONTAINER_METADATA_URI_V4", &meta.url),
+            ("AWS_ENDPOINT_URL_ROUTE_53", &r53.url),
+            ("AWS_ENDPOINT_URL_EC2", &ec2.url),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    let logs = container.logs();
+    let live = logs.stderr().wait_for(READY, |l| event(l).as_deref() == Some("record.live"));
+    assert!(live.is_some(), "no record.live:\n{}", logs.stderr().text());
+    assert_eq!(container.inspect("{{.Config.User}}"), "65534:65534");
+    let a: Vec<_> = records(&r53, &zone).into_iter().filter(|r| r.1 == "A").collect();
+    assert_eq!(a, vec![("bastion.example.test.".to_string(), "A".to_string(), vec![public_ip], None)]);
+
+    container.stop(30);
+    assert_eq!(container.exit_code(), 0, "{}", logs.stderr().text());
+    assert!(logs.stderr().wait_for(READY, |l| event(l).as_deref() == Some("record.deleted")).is_some());
+    assert_eq!(records(&r53, &zone), vec![]);
+}
+
+/// The files of an image, from `docker save` (every layer).
+fn image_files(images: &Images, image: &str) -> BTreeSet<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    images.run(&["save", "-o", archive.to_str().unwrap(), image]);
+    let list = |tar: &Path, member: Option<&str>| {
+        let mut cmd = Command::new("tar");
+        cmd.arg("-xOf").arg(tar);
+        if let Some(m) = member {
+            cmd.arg(m);
+        }
+        cmd
+    };
+    let manifest = list(&archive, Some("manifest.json")).output().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.stdout).expect("manifest.json");
+    let mut files = BTreeSet::new();
+    for layer in manifest[0]["Layers"].as_array().unwrap() {
+        let mut extract = list(&archive, Some(layer.as_str().unwrap())).stdout(Stdio::piped()).spawn().unwrap();
+        let out = Command::new("tar").arg("-t").stdin(extract.stdout.take().unwrap()).output().unwrap();
+        extract.wait().unwrap();
+        files.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string));
+    }
+    files
+}
+
+#[test]
+fn images_hold_the_binary_and_nothing_else_and_are_small() {
+    let images = Images::load();
+    let bastion = images.var("BASTION_IMAGE");
+    let sidecar = images.var("SIDECAR_IMAGE");
+    assert_eq!(image_files(&images, bastion), BTreeSet::from(["bastion-sshd".to_string()]));
+    let sidecar_files: Vec<String> = image_files(&images, sidecar).into_iter().collect();
+    assert_eq!(
+        sidecar_files,
+        ["dns-sidecar", "etc/", "etc/ssl/", "etc/ssl/certs/", "etc/ssl/certs/ca-certificates.crt"]
+    );
+
+    let mut table = String::from("\nimage          bytes        MB\n");
+    for image in [bastion, sidecar] {
+        let bytes: u64 = images.run(&["image", "inspect", "-f", "{{.Size}}", image]).parse().unwrap();
+        table.push_str(&format!("{image:<14} {bytes:>10} {:>7.1}\n", bytes as f64 / 1e6));
+        if image == bastion {
+            assert!(bytes < 10_000_000, "the bastion image is meant to stay under 10 MB: {bytes} bytes");
+        }
+    }
+    std::io::stdout().write_all(table.as_bytes()).unwrap();
+
+    // No shell to exec into: the entrypoint is all there is.
+    let out = images.docker().args(["run", "--rm", "--entrypoint", "/bin/sh", bastion, "-c", "true"]).output().unwrap();
+    assert!(!out.status.success(), "a shell ran in the bastion image: {}", text(&out));
+}

@@ -18,7 +18,7 @@ die() { printf 'tests/ci.sh: %s\n' "$*" >&2; exit 1; }
 declare -A TOOLS=(
   [ssh]=openssh-client [ssh-keygen]=openssh-client [ssh-agent]=openssh-client [sftp]=openssh-client
   [psql]=postgresql-client [kill]=procps [pkill]=procps [ss]=iproute2 [runuser]=util-linux [cc]=gcc
-  [curl]=curl [shellcheck]=shellcheck
+  [curl]=curl [shellcheck]=shellcheck [dockerd]=docker.io [readelf]=binutils
 )
 missing=()
 for tool in "${!TOOLS[@]}"; do
@@ -77,7 +77,7 @@ say "toolchain: $(rustc --version); $(ssh -V 2>&1); $(psql --version); ${PY_TOOL
 
 # --- checks -----------------------------------------------------------------
 say "shellcheck"
-shellcheck .ci/run tests/*.sh
+shellcheck .ci/run tests/*.sh docker/*.sh
 
 say "cargo fmt --check (our crates; vendor/ keeps upstream's formatting)"
 cargo fmt -p bastion-sshd -p dns-sidecar -p bastion-tests -- --check
@@ -87,6 +87,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "build the binaries (the end-to-end suites run them)"
 cargo build -p bastion-sshd -p dns-sidecar --locked
+
+say "images: docker/Dockerfile's runtime stages, on a real Docker engine"
+bash tests/images.sh
+dockerd_pid=$(sed -n 's/^DOCKERD_PID=//p' target/images/env)
+if [[ -n $dockerd_pid ]]; then
+  trap 'kill "$dockerd_pid" 2>/dev/null || true' EXIT
+fi
 
 say "tests"
 cargo test --workspace --locked

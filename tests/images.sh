@@ -51,9 +51,11 @@ fi
 
 # Containers reach the host's test servers over the default bridge. If the
 # bridge ever went away, nothing sent to its range may leave the machine.
+# The host's address on the bridge is where the tests' servers listen.
 bridge=$("$docker" network inspect bridge -f '{{(index .IPAM.Config 0).Subnet}}')
-gateway=$("$docker" network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}')
-[[ -n $bridge && -n $gateway ]] || die "the default bridge network has no subnet"
+bridge_if=$("$docker" network inspect bridge -f '{{index .Options "com.docker.network.bridge.name"}}')
+gateway=$(ip -4 -o addr show dev "${bridge_if:-docker0}" | awk '{ split($4, a, "/"); print a[1]; exit }')
+[[ -n $bridge && -n $gateway ]] || die "the default bridge network has no subnet or no host address (${bridge_if:-docker0})"
 if [[ $(id -u) -eq 0 ]] && ! ip route show type blackhole | grep -q "^blackhole $bridge"; then
   ip route add blackhole "$bridge" metric 4242
 fi

@@ -122,9 +122,64 @@ fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-/// The capabilities deploy/task-definition.json leaves the bastion: all others are dropped.
-const BASTION_CAPS: &[&str] =
-    &["--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE", "--cap-add", "SETUID", "--cap-add", "SETGID"];
+/// A container of deploy/task-definition.json, as `docker run` arguments:
+/// its user, read-only root filesystem, capabilities and plain environment
+/// (`${PLACEHOLDER}` values from `values`), and the names of its `secrets`,
+/// which the test must supply. Running the images this way is what proves
+/// that the images and the task definition agree.
+struct TaskContainer {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    secrets: BTreeSet<String>,
+    stop_timeout: u32,
+    definition: serde_json::Value,
+}
+
+impl TaskContainer {
+    fn from_task_definition(name: &str, values: &[(&str, &str)]) -> Self {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/task-definition.json");
+        let task: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let def = task["containerDefinitions"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+        let mut args = vec!["--user".to_string(), def["user"].as_str().expect("user").to_string()];
+        if def["readonlyRootFilesystem"] == true {
+            args.push("--read-only".into());
+        }
+        let caps = &def["linuxParameters"]["capabilities"];
+        for (flag, list) in [("--cap-drop", &caps["drop"]), ("--cap-add", &caps["add"])] {
+            for cap in list.as_array().into_iter().flatten() {
+                args.extend([flag.to_string(), cap.as_str().unwrap().to_string()]);
+            }
+        }
+        let fill = |v: &str| values.iter().fold(v.to_string(), |acc, (k, val)| acc.replace(&format!("${{{k}}}"), val));
+        let env: Vec<(String, String)> = def["environment"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| (e["name"].as_str().unwrap().to_string(), fill(e["value"].as_str().unwrap())))
+            .collect();
+        for (name, value) in &env {
+            assert!(!value.contains("${"), "{name}={value}: the test gives no value for its placeholder");
+        }
+        let secrets =
+            def["secrets"].as_array().into_iter().flatten().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+        let stop_timeout = def["stopTimeout"].as_u64().expect("stopTimeout") as u32;
+        TaskContainer { args, env, secrets, stop_timeout, definition: def }
+    }
+
+    /// `docker run` with the task definition's settings, `extra` flags, the
+    /// task's environment plus `env` (test settings and the secrets' values).
+    fn start<'a>(&self, images: &'a Images, image: &str, extra: &[&str], env: &[(&str, &str)]) -> Container<'a> {
+        let given: BTreeSet<String> = env.iter().map(|(k, _)| k.to_string()).collect();
+        let missing: Vec<_> = self.secrets.difference(&given).collect();
+        assert!(missing.is_empty(), "secrets of the task definition the test does not supply: {missing:?}");
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        args.extend(extra);
+        args.push(image);
+        let mut all: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        all.extend(env);
+        Container::start(images, &args, &all)
+    }
+}
 
 /// A host key made by the image itself, as the deploy guide makes it.
 fn host_key(images: &Images) -> String {
@@ -152,19 +207,23 @@ fn bastion_image_carries_psql_as_nobody_turns_healthy_and_drains_on_docker_stop(
 
     let host_key = host_key(&images);
     let authorized = format!("{}\n", key.public_line);
-    let mut args = vec!["--read-only", "--health-interval", "1s", "--health-start-period", "0s"];
-    args.extend(BASTION_CAPS);
-    args.push(images.var("BASTION_IMAGE"));
-    let container = Container::start(
-        &images,
-        &args,
-        &[
-            ("BASTION_HOST_KEY", &host_key),
-            ("BASTION_AUTHORIZED_KEYS", &authorized),
-            ("BASTION_PERMIT_OPEN", &target),
-            ("BASTION_DRAIN_TIMEOUT", "3s"),
-        ],
+    let task = TaskContainer::from_task_definition(
+        "bastion-sshd",
+        &[("RECORD_NAME", "bastion.example.test"), ("PERMIT_OPEN", &target)],
     );
+    let container = task.start(
+        &images,
+        images.var("BASTION_IMAGE"),
+        // Check health every second instead of every 30 s.
+        &["--health-interval", "1s", "--health-start-period", "0s"],
+        &[("BASTION_HOST_KEY", &host_key), ("BASTION_AUTHORIZED_KEYS", &authorized), ("BASTION_DRAIN_TIMEOUT", "3s")],
+    );
+    // The image's own settings are the task definition's.
+    assert_eq!(container.inspect("{{.Config.User}}"), task.definition["user"].as_str().unwrap());
+    let health = container.inspect("{{json .Config.Healthcheck.Test}}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&health).unwrap(), task.definition["healthCheck"]["command"]);
+    assert!(container.inspect("{{json .Config.ExposedPorts}}").contains("\"22/tcp\""));
+    assert_eq!(task.definition["portMappings"][0]["containerPort"], 22);
     let server = Server::from_log(container.logs(), dir.path(), Some(SocketAddr::new(container.ip(), 22)));
     assert_eq!(server.wait_event("hostkey.loaded", |_| true)["source"], "BASTION_HOST_KEY");
 
@@ -200,7 +259,7 @@ fn bastion_image_carries_psql_as_nobody_turns_healthy_and_drains_on_docker_stop(
     assert_eq!(closed["resolved"], target);
 
     // A tunnel still open at `docker stop`: the bastion drains (3 s here), cuts
-    // it, and exits 0 before Docker's SIGKILL (30 s, the task's stopTimeout).
+    // it, and exits 0 before Docker's SIGKILL (the task definition's stopTimeout).
     let held = connect_retry(SocketAddr::from(([127, 0, 0, 1], ports[0])));
     let mut opened = 0;
     let second = server.proc.stderr().wait_for(READY, |l| {
@@ -208,11 +267,11 @@ fn bastion_image_carries_psql_as_nobody_turns_healthy_and_drains_on_docker_stop(
         opened == 2
     });
     assert!(second.is_some(), "the held connection's tunnel did not open:\n{}", server.proc.stderr().text());
-    let took = container.stop(30);
+    let took = container.stop(task.stop_timeout);
     assert_eq!(container.exit_code(), 0, "{}", server.proc.stderr().text());
     let stopped = server.wait_event("server.stopped", |_| true);
     assert_eq!(stopped["tunnels_cut"], 1, "{stopped}");
-    println!("docker stop with one open tunnel took {took:?} (drain timeout 3 s, stop timeout 30 s)");
+    println!("docker stop with one open tunnel took {took:?} (drain timeout 3 s, stopTimeout {} s)", task.stop_timeout);
     drop(held);
 }
 
@@ -226,6 +285,7 @@ fn bastion_image_without_setuid_refuses_to_serve_as_root() {
         &["--read-only", "--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE", images.var("BASTION_IMAGE")],
         &[("BASTION_AUTHORIZED_KEYS", &key.public_line)],
     );
+    // (The task definition keeps SETUID and SETGID; this is what happens if someone drops them.)
     assert_eq!(container.exit_code(), 1);
     let log = text(&images.docker().args(["logs", &container.id]).output().unwrap());
     assert!(log.contains("giving up root: setgroups([]): EPERM"), "{log}");
@@ -243,30 +303,33 @@ fn sidecar_image_publishes_the_task_ip_and_deletes_it_on_docker_stop() {
     let public_ip = eni["public_ip"].as_str().unwrap().to_string();
     let meta = Metadata::start_on(gateway, "task-docker", "10.0.0.42", 0);
 
-    let container = Container::start(
+    let task = TaskContainer::from_task_definition(
+        "dns-sidecar",
+        &[("RECORD_NAME", "bastion.example.test"), ("HOSTED_ZONE_ID", &zone), ("REGION", "us-east-1")],
+    );
+    assert_eq!(task.definition["essential"], false);
+    let container = task.start(
         &images,
-        &["--read-only", "--cap-drop", "ALL", images.var("SIDECAR_IMAGE")],
+        images.var("SIDECAR_IMAGE"),
+        &[],
         &[
-            ("DNS_SIDECAR_RECORD_NAME", "bastion.example.test"),
-            ("DNS_SIDECAR_HOSTED_ZONE_ID", &zone),
             ("DNS_SIDECAR_INSYNC_POLL", "100ms"),
             ("ECS_CONTAINER_METADATA_URI_V4", &meta.url),
             ("AWS_ENDPOINT_URL_ROUTE_53", &r53.url),
             ("AWS_ENDPOINT_URL_EC2", &ec2.url),
             ("AWS_ACCESS_KEY_ID", "test"),
             ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
             ("AWS_EC2_METADATA_DISABLED", "true"),
         ],
     );
     let logs = container.logs();
     let live = logs.stderr().wait_for(READY, |l| event(l).as_deref() == Some("record.live"));
     assert!(live.is_some(), "no record.live:\n{}", logs.stderr().text());
-    assert_eq!(container.inspect("{{.Config.User}}"), "65534:65534");
+    assert_eq!(container.inspect("{{.Config.User}}"), task.definition["user"].as_str().unwrap());
     let a: Vec<_> = records(&r53, &zone).into_iter().filter(|r| r.1 == "A").collect();
     assert_eq!(a, vec![("bastion.example.test.".to_string(), "A".to_string(), vec![public_ip], None)]);
 
-    container.stop(30);
+    container.stop(task.stop_timeout);
     assert_eq!(container.exit_code(), 0, "{}", logs.stderr().text());
     assert!(logs.stderr().wait_for(READY, |l| event(l).as_deref() == Some("record.deleted")).is_some());
     assert_eq!(records(&r53, &zone), vec![]);

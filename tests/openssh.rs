@@ -441,7 +441,7 @@ fn the_readme_ssh_config_stanza_works() {
     let port = free_port();
     let mut config = String::new();
     for line in stanza.lines() {
-        let replaced = match line.trim().split_whitespace().next() {
+        let replaced = match line.split_whitespace().next() {
             Some("HostName") if line.contains("bastion.eu-west-1.example.com") => {
                 format!("    HostName 127.0.0.1\n    Port {}", server.addr.port())
             }

@@ -11,8 +11,8 @@ usage() {
   cat <<'EOF'
 Usage: deploy/push.sh [options]
 
-Builds docker/bastion-sshd.Dockerfile and docker/dns-sidecar.Dockerfile (context: the
-repository root) for the stack's CPU architecture, tags both images with the commit
+Builds the two images of docker/Dockerfile (targets bastion-sshd and dns-sidecar, context:
+the repository root) for the stack's CPU architecture, tags both images with the commit
 (git rev-parse --short=12 HEAD), pushes them to the stack's ECR repositories (an image
 whose tag is already there is not built again), renders deploy/task-definition.json,
 registers it, updates the service (desired count 1) and waits until it is stable.
@@ -270,9 +270,12 @@ for component in bastion-sshd dns-sidecar; do
     continue
   fi
   say "building and pushing $image ($PLATFORM)"
+  if ! $DRY_RUN && ! docker buildx version >/dev/null 2>&1; then
+    die "docker buildx is needed (Docker Desktop, or the docker-buildx-plugin package)"
+  fi
   $DRY_RUN && printf '# (skipped when %s is already in the repository)\n' "$image"
   run docker buildx build --platform "$PLATFORM" --provenance=false \
-    -f "docker/$component.Dockerfile" -t "$image" --load .
+    -f docker/Dockerfile --target "$component" -t "$image" --load .
   run docker push "$image"
 done
 

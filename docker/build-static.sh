@@ -16,7 +16,17 @@ cd "$(dirname "$0")/.."
 arch=${1:?usage: docker/build-static.sh amd64|arm64 OUT}
 out=${2:?usage: docker/build-static.sh amd64|arm64 OUT}
 case $arch in
-  amd64) target=x86_64-unknown-linux-gnu ;;
+  amd64)
+    target=x86_64-unknown-linux-gnu
+    # Cross-compiling from an arm64 machine (Apple silicon, Graviton): the
+    # Debian cross toolchain (gcc-x86-64-linux-gnu, libc6-dev-amd64-cross);
+    # rustc's default linker `cc` is the native one.
+    if [[ $(uname -m) != x86_64 ]]; then
+      export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER=x86_64-linux-gnu-gcc
+      export CC_x86_64_unknown_linux_gnu=x86_64-linux-gnu-gcc
+      export AR_x86_64_unknown_linux_gnu=x86_64-linux-gnu-ar
+    fi
+    ;;
   arm64)
     target=aarch64-unknown-linux-gnu
     # Cross-compiling from another architecture: the Debian cross toolchain

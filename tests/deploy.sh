@@ -243,7 +243,7 @@ def compare_task_definition(template_path, rendered_path):
     assert s["stopTimeout"] > 20, "stopTimeout must exceed dns-sidecar's 20 s shutdown timeout"
     env = {e["name"]: e["value"] for e in b["environment"]}
     assert env["BASTION_RUN_AS"] == "65534:65534" and env["BASTION_LOG_FORMAT"] == "json"
-    print("task definitions agree:", ", ".join(fields), "secrets, environment")
+    print("task definitions agree:", ", ".join(fields + ["secrets", "environment"]))
 
 
 def compare_iam(template_path, readme_path):

@@ -146,3 +146,30 @@ fn a_failed_reload_keeps_the_keys_in_force() {
     assert_eq!(echo_round_trip(local(ports[0]), b"still"), b"still");
     assert!(logged_in(&server, &alice), "the keys in force were dropped");
 }
+
+/// Started as root, the server reads its key files before giving up root; a
+/// file that 65534 cannot read afterwards (here: in a 0700 directory) could
+/// not be reloaded, and the server says so at start instead of ignoring the
+/// next edit in silence. (Not root: the owner can read it; no warning.)
+#[test]
+fn a_key_file_out_of_reach_after_dropping_root_is_reported_at_start() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    use std::os::unix::fs::PermissionsExt;
+    let private = tempfile::Builder::new().permissions(std::fs::Permissions::from_mode(0o700)).tempdir().unwrap();
+    let dir = bastion_tests::tempdir();
+    let alice = ClientKey::generate(dir.path(), "alice", "ed25519", None);
+    let keys = private.path().join("authorized_keys");
+    write_keys(&keys, &[&alice]);
+    let server = ServerBuilder::new(dir.path()).arg("--authorized-keys").arg(&keys).start();
+    assert!(logged_in(&server, &alice), "{}", server.proc.stderr().text());
+    if root {
+        let warning = server.wait_event("keys.reload_unavailable", |_| true);
+        assert_eq!(warning["file"], keys.display().to_string());
+        assert!(warning["error"].as_str().unwrap().contains("Permission denied"), "{warning}");
+    } else {
+        assert!(server.events("keys.reload_unavailable").is_empty(), "{}", server.proc.stderr().text());
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::Signal;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::keys::{KeySources, KeyStore, LiveKeys};
 
@@ -63,6 +63,15 @@ pub async fn run(
     generation: watch::Sender<u64>,
 ) {
     let files = sources.files();
+    // After giving up root (`privileges`), a key file the server could read at
+    // start may be out of its reach: say so now, not silently at the next edit.
+    for file in &files {
+        if let Err(e) = std::fs::File::open(file) {
+            warn!(event = "keys.reload_unavailable", file = %file.display(), error = %e,
+                "{} cannot be read now ({e}): changes to it will not be loaded until it is readable by this process \
+                 (see --run-as)", file.display());
+        }
+    }
     let mut last = stamp(&files);
     loop {
         let why = tokio::select! {

@@ -40,7 +40,7 @@ pub fn bastion_bin() -> PathBuf {
 /// A temporary directory bastion-sshd can still read after giving up root.
 /// When the tests run as root, the server binds and then becomes 65534:65534,
 /// as in the container image, and re-reads key files on reload as that user;
-/// `tempfile::tempdir()` is mode 0700, which it could not enter.
+/// `tempfile::tempdir()` follows the umask, and with 077 it could not enter.
 pub fn tempdir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     tempfile::Builder::new()

@@ -342,13 +342,6 @@ fn the_readme_documents_every_flag() {
     }
 }
 
-/// `Field:\tvalue` from a /proc status file.
-fn proc_status(path: &Path, field: &str) -> String {
-    let status = std::fs::read_to_string(path).unwrap();
-    let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("{field}"));
-    line.split_once(':').unwrap().1.trim().to_string()
-}
-
 /// As in the container image: started as root, the server binds its port and
 /// then becomes 65534:65534 with no capability, no supplementary group and
 /// no_new_privs on every thread, and only then accepts. Started as another
@@ -356,7 +349,7 @@ fn proc_status(path: &Path, field: &str) -> String {
 #[test]
 fn gives_up_root_after_binding_and_before_accepting() {
     let (dir, key) = setup();
-    let root = proc_status(Path::new("/proc/self/status"), "Uid").split_whitespace().nth(1) == Some("0");
+    let root = is_root();
     let server = ServerBuilder::new(dir.path()).authorize(&[&key]).start();
     let events: Vec<String> = server.proc.stderr().all().iter().filter_map(|l| event(l)).collect();
     let status = std::path::PathBuf::from(format!("/proc/{}/status", server.proc.child.id()));

@@ -111,13 +111,6 @@ impl Drop for Container<'_> {
     }
 }
 
-/// `Field:\tvalue` of a /proc status file.
-fn proc_status(path: &Path, field: &str) -> String {
-    let status = std::fs::read_to_string(path).unwrap();
-    let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("{field}"));
-    line.split_once(':').unwrap().1.trim().to_string()
-}
-
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }

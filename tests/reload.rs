@@ -153,10 +153,7 @@ fn a_failed_reload_keeps_the_keys_in_force() {
 /// next edit in silence. (Not root: the owner can read it; no warning.)
 #[test]
 fn a_key_file_out_of_reach_after_dropping_root_is_reported_at_start() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let root = is_root();
     use std::os::unix::fs::PermissionsExt;
     let private = tempfile::Builder::new().permissions(std::fs::Permissions::from_mode(0o700)).tempdir().unwrap();
     let dir = bastion_tests::tempdir();

@@ -36,7 +36,6 @@ pub fn bastion_bin() -> PathBuf {
     path
 }
 
-/// Fails loudly if a tool the suite needs is not installed.
 /// A temporary directory bastion-sshd can still read after giving up root.
 /// When the tests run as root, the server binds and then becomes 65534:65534,
 /// as in the container image, and re-reads key files on reload as that user;
@@ -50,6 +49,7 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("creating a temporary directory")
 }
 
+/// Fails loudly if a tool the suite needs is not installed.
 pub fn require(tool: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(tool)).find(|p| p.is_file()));
@@ -633,7 +633,16 @@ fn pg_command(tool: &str) -> Command {
     }
 }
 
-fn is_root() -> bool {
+/// `Field:\tvalue` of a /proc status file (`/proc/PID/status`), the value trimmed.
+pub fn proc_status(path: &Path, field: &str) -> String {
+    let status = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let prefix = format!("{field}:");
+    let line = status.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {field} in {status}"));
+    line[prefix.len()..].trim().to_string()
+}
+
+/// Whether the tests run as root (bastion-sshd then gives up root after binding).
+pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 

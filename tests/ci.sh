@@ -22,12 +22,14 @@ declare -A TOOLS=(
   [ssh]=openssh-client [ssh-keygen]=openssh-client [ssh-agent]=openssh-client [sftp]=openssh-client
   [psql]=postgresql-client [kill]=procps [pkill]=procps [ss]=iproute2 [runuser]=util-linux [cc]=gcc
   [curl]=curl [shellcheck]=shellcheck [dockerd]=docker.io [readelf]=binutils
+  [plink]=putty-tools [puttygen]=putty-tools [dbclient]=dropbear-bin [dropbearconvert]=dropbear-bin
 )
 missing=()
 for tool in "${!TOOLS[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${TOOLS[$tool]}")
 done
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+[[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)   # the private host behind the bastion (tests/vpc.rs)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
@@ -46,15 +48,17 @@ for tool in "${!TOOLS[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool still missing after installing ${TOOLS[$tool]}"
 done
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || die "PostgreSQL server (initdb) still missing"
+[[ -x /usr/sbin/sshd ]] || die "sshd still missing after installing openssh-server"
 if [[ $(id -u) -eq 0 ]]; then
   id postgres >/dev/null 2>&1 || die "running as root but there is no postgres user (apt-get install postgresql creates it)"
 fi
 
 # --- Python tools, pinned, in a venv inside target/ (never the system's) --------
 # ssh-audit audits bastion-sshd; ministack (Route 53) and moto (EC2) emulate AWS
-# for dns-sidecar, and moto brings boto3 for the test fixtures.
+# for dns-sidecar, and moto brings boto3 for the test fixtures; asyncssh,
+# paramiko and ssh2-python (libssh2) are clients of the compatibility matrix.
 VENV=target/ci-venv
-PY_TOOLS=(ssh-audit==3.9.0 ministack==1.5.33 "moto[server]==5.2.5")
+PY_TOOLS=(ssh-audit==3.9.0 ministack==1.5.33 "moto[server]==5.2.5" asyncssh==2.24.1 paramiko==5.1.0 ssh2-python==1.2.0.post1)
 stamp="$VENV/.tools-$(printf '%s ' "${PY_TOOLS[@]}" | sha256sum | cut -c1-16)"
 if [[ ! -e $stamp ]]; then
   say "installing ${PY_TOOLS[*]} into $VENV (about 2 minutes)"
@@ -66,7 +70,7 @@ fi
 for tool in ssh-audit ministack moto_server; do
   [[ -x $VENV/bin/$tool ]] || die "$tool did not install into $VENV"
 done
-"$VENV/bin/python3" -c 'import boto3' || die "boto3 did not install into $VENV"
+"$VENV/bin/python3" -c 'import boto3, asyncssh, paramiko, ssh2' || die "boto3 or an SSH client library did not install into $VENV"
 
 # The deploy checks, in a venv of their own: checkov pins boto3 1.35, ministack botocore 1.43.
 # cfn-lint and checkov lint the template, awscli validates the task definition (its ECS model)
@@ -93,6 +97,17 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   say "adding rustfmt and clippy"
   rustup component add rustfmt clippy
 fi
+# cargo-deny (licenses, bans, sources) and cargo-fuzz, pinned, built once per machine.
+declare -A CARGO_TOOLS=([cargo-deny]=0.20.2 [cargo-fuzz]=0.13.2)
+for tool in "${!CARGO_TOOLS[@]}"; do
+  version=${CARGO_TOOLS[$tool]}
+  if ! "$tool" --version 2>/dev/null | grep -qF " $version"; then
+    say "installing $tool $version (a few minutes, once)"
+    cargo install --locked "$tool@$version"
+  fi
+  "$tool" --version | grep -qF " $version" || die "$tool $version did not install"
+done
+
 say "toolchain: $(rustc --version); $(ssh -V 2>&1); $(psql --version); $(dockerd --version); ${PY_TOOLS[*]}; ${DEPLOY_TOOLS[*]}"
 
 # --- checks -----------------------------------------------------------------
@@ -105,6 +120,9 @@ say "Dockerfile: hadolint, checkov"
 
 say "deploy/: cfn-lint, checkov, push.sh, the task definition against the ECS API model (tests/deploy.sh)"
 PATH="$PWD/$DEPLOY_VENV/bin:$PATH" bash tests/deploy.sh
+
+say "supply chain: cargo deny check bans licenses sources (advisories: see SECURITY.md)"
+cargo deny check --hide-inclusion-graph bans licenses sources
 
 say "cargo fmt --check (our crates; vendor/ keeps upstream's formatting)"
 cargo fmt -p bastion-sshd -p dns-sidecar -p bastion-tests -- --check
@@ -124,6 +142,9 @@ fi
 
 say "tests"
 cargo test --workspace --locked
+
+say "fuzzing: every target of tests/fuzz, ${FUZZ_SECONDS:-20} s each (tests/fuzz.sh)"
+bash tests/fuzz.sh
 
 say "README quick start, as written (release build)"
 bash tests/quickstart.sh

@@ -139,8 +139,7 @@ impl AuthorizedKeys {
         }
     }
 
-    /// Parses one source's authorized_keys text and adds its keys.
-    #[cfg(test)]
+    /// Parses one source's authorized_keys text and adds its keys (tests and fuzzing).
     pub fn add_text(&mut self, source: Source, bytes: &[u8]) {
         self.add(Kind::AuthorizedKeys, source, bytes);
     }

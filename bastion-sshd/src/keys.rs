@@ -156,6 +156,10 @@ impl RevokedKeys {
     pub fn len(&self) -> usize {
         self.keys.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
 }
 
 /// An environment variable's value, treating empty as unset (ECS writes empty strings).

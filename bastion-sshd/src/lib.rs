@@ -15,6 +15,7 @@ pub mod hostkey;
 pub mod keygen;
 pub mod keys;
 pub mod limits;
+pub mod liveness;
 pub mod logging;
 pub mod options;
 pub mod policy;

@@ -77,11 +77,20 @@ impl KeyOptions {
                     let v = need(value)?;
                     permits.push(v.parse::<PermitRule>().map_err(|e| format!("permitopen: {e}"))?);
                 }
+                // Twice would leave one reader thinking the first applies: refused, as in OpenSSH.
+                "from" if this.from.is_some() => return Err("from= given twice (write one list)".into()),
                 "from" => this.from = Some(FromList::parse(&need(value)?)?),
-                "expiry-time" => this.expiry = Some(parse_expiry(&need(value)?)?),
+                // OpenSSH keeps the earliest; so do we.
+                "expiry-time" => {
+                    let at = parse_expiry(&need(value)?)?;
+                    this.expiry = Some(this.expiry.map_or(at, |earlier| earlier.min(at)));
+                }
                 "cert-authority" => {
                     flag(&value)?;
                     this.cert_authority = true;
+                }
+                "principals" if this.principals.is_some() => {
+                    return Err("principals= given twice (write one list)".into());
                 }
                 "principals" => {
                     let list: Vec<String> =
@@ -204,6 +213,11 @@ pub fn split_line(line: &str) -> (Option<&str>, &str) {
         Some((i, _)) => (Some(&line[..i]), line[i..].trim_start()),
         None => (Some(line), ""),
     }
+}
+
+/// Whether a double quote in `text` is never closed.
+pub fn has_unclosed_quote(text: &str) -> bool {
+    !outside_quotes(text).1
 }
 
 /// `from="pattern-list"`: addresses with `*`/`?` wildcards, CIDR ranges, `!` negation.
@@ -384,6 +398,18 @@ mod tests {
         }
         assert!(KeyOptions::parse(r#"permitopen="db""#).unwrap_err().contains("permitopen"));
         assert!(KeyOptions::parse("permitopen=db:5432").unwrap_err().contains("double quotes"));
+    }
+
+    #[test]
+    fn repeated_options_never_widen_a_key() {
+        let twice = KeyOptions::parse(r#"from="10.0.0.0/8",from="0.0.0.0/0""#).unwrap_err();
+        assert!(twice.contains("from= given twice"), "{twice}");
+        let twice = KeyOptions::parse(r#"cert-authority,principals="ops",principals="root""#).unwrap_err();
+        assert!(twice.contains("principals= given twice"), "{twice}");
+        let earliest = KeyOptions::parse(r#"expiry-time="29991231",expiry-time="20200101""#).unwrap();
+        assert_eq!(earliest.expiry, Some(parse_expiry("20200101").unwrap()));
+        // permitopen= is a list by design: each one adds a destination.
+        assert!(KeyOptions::parse(r#"permitopen="a:1",permitopen="b:2""#).is_ok());
     }
 
     #[test]

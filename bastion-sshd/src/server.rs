@@ -28,6 +28,7 @@ use crate::handler::{Connection, ConnectionHandler, Drain, Shared, Signals, Tunn
 use crate::hostkey::HostKey;
 use crate::keys::{KeyStore, LiveKeys};
 use crate::limits::{Admission, Ticket};
+use crate::liveness;
 use crate::privileges::{self, Outcome};
 use crate::reload;
 use crate::session;
@@ -36,7 +37,9 @@ use crate::session;
 /// its version, so that scanners learn nothing to match against advisories.
 const SERVER_ID: &str = "SSH-2.0-bastion";
 
-/// After the drain deadline, how long closing the remaining connections may take.
+/// After the drain deadline, how long closing the remaining connections may
+/// take; also how long a peer gets to take our disconnect message before its
+/// socket is closed under it (one that does not read never takes it).
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// Key exchange: the post-quantum hybrid first, then curve25519 for OpenSSH
@@ -69,10 +72,19 @@ const KEY_ALGORITHMS: &[Algorithm] = &[
     Algorithm::Rsa { hash: Some(russh::keys::HashAlg::Sha256) },
 ];
 
+/// The channel window granted to clients (OpenSSH's is 2 MiB too).
+const WINDOW_SIZE: u32 = 2 << 20;
+
+/// The largest data packet a client may send on a channel (OpenSSH's is 32 KiB too).
+const MAXIMUM_PACKET_SIZE: u32 = 32 << 10;
+
 /// Per-connection deadlines that are not part of russh's config.
 struct Deadlines {
     /// Unauthenticated connections are dropped after this (LoginGraceTime).
     login_grace_time: Duration,
+    /// A connection with no byte either way for this long is dropped: its
+    /// peer stopped reading and answering keepalives (`liveness`).
+    silence_limit: Option<Duration>,
 }
 
 /// Builds the russh configuration: public key only, hardened algorithms.
@@ -91,6 +103,16 @@ fn russh_config(args: &ServerArgs, host_keys: &[HostKey]) -> Config {
         keepalive_interval: Some(args.keepalive_interval),
         keepalive_max: args.keepalive_max,
         nodelay: true,
+        // What one channel may hold in the server when its target reads slower
+        // than the client sends: the client may send a window ahead (russh
+        // re-opens the window as data arrives), and data waits in a queue of
+        // this many packets before the connection stops reading. Window /
+        // packet size keeps that queue at one window (2 MiB) per channel, as in
+        // OpenSSH, instead of russh's default 100 packets. The window and packet
+        // size themselves are enforced (vendor/patches/0002).
+        window_size: WINDOW_SIZE,
+        maximum_packet_size: MAXIMUM_PACKET_SIZE,
+        channel_buffer_size: (WINDOW_SIZE / MAXIMUM_PACKET_SIZE) as usize,
         preferred: Preferred {
             kex: Cow::Borrowed(if args.post_quantum_only { KEX_POST_QUANTUM_ONLY } else { KEX }),
             key: Cow::Borrowed(KEY_ALGORITHMS),
@@ -202,7 +224,10 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         drain: drain_rx.clone(),
         tunnels: TunnelStats::default(),
     });
-    let deadlines = Arc::new(Deadlines { login_grace_time: args.login_grace_time });
+    let deadlines = Arc::new(Deadlines {
+        login_grace_time: args.login_grace_time,
+        silence_limit: liveness::silence_limit(args.keepalive_interval, args.keepalive_max),
+    });
     let admission = Admission::new(loaded.limits.clone());
 
     // Every task holds a clone; when all are dropped, `recv` returns None: everything has finished.
@@ -408,6 +433,13 @@ impl ConnectionTask {
             failed_login: grace || signals.tried_auth.load(Ordering::Relaxed),
         };
 
+        // russh runs the session in a task of its own, which owns the socket:
+        // a second descriptor lets us shut the socket down under it.
+        let (stream, closer) = match duplicate(stream) {
+            Ok(pair) => pair,
+            Err(e) => return ended(&format!("cannot duplicate the socket: {e}"), false),
+        };
+        let (stream, activity) = liveness::watch(stream);
         // The identification exchange happens inside run_stream; bound it by the grace time.
         let started = tokio::select! {
             r = tokio::time::timeout_at(deadline, russh::server::run_stream(self.config.clone(), stream, handler)) => r,
@@ -427,7 +459,13 @@ impl ConnectionTask {
         let mut expiry: Option<Instant> = None;
         let mut generation = self.shared.keys_generation.clone();
         let mut reason = None;
+        // Set when we have asked russh to disconnect: past it, the session is dropped.
+        let mut close_by: Option<Instant> = None;
         loop {
+            if closing && close_by.is_none() {
+                close_by = Some(Instant::now() + CLOSE_GRACE);
+            }
+            let silent_until = self.deadlines.silence_limit.map(|limit| activity.last() + limit);
             tokio::select! {
                 result = &mut session => {
                     let reason = reason.unwrap_or_else(|| match result {
@@ -476,6 +514,7 @@ impl ConnectionTask {
                 _ = tokio::time::sleep_until(deadline), if !grace_over => {
                     grace_over = true;
                     if !is_authenticated {
+                        closing = true;
                         reason = Some("not authenticated within the login grace time".to_string());
                         disconnect(&handle, "login grace time exceeded").await;
                     }
@@ -483,6 +522,7 @@ impl ConnectionTask {
                 deadline = stopping(&mut self.drain), if drain_deadline.is_none() => {
                     drain_deadline = Some(deadline);
                     if !is_authenticated {
+                        closing = true;
                         reason = Some("server shutting down".to_string());
                         disconnect(&handle, "bastion shutting down").await;
                     } else {
@@ -504,6 +544,23 @@ impl ConnectionTask {
                     reason = Some("server shutting down (tunnels cut at --drain-timeout)".to_string());
                     disconnect(&handle, "bastion shutting down").await;
                 }
+                _ = tokio::time::sleep_until(close_by.unwrap_or_else(Instant::now)), if close_by.is_some() => {
+                    // The peer did not take our disconnect: the session is stuck writing to it.
+                    let _ = closer.shutdown(std::net::Shutdown::Both);
+                    let reason = reason.take().unwrap_or_default();
+                    let reason = format!("{reason} (the client did not read the disconnect message; socket closed)");
+                    return if is_authenticated { Ended { reason, failed_login: false } } else { ended(&reason, true) };
+                }
+                _ = tokio::time::sleep_until(silent_until.unwrap_or_else(Instant::now)), if silent_until.is_some() && close_by.is_none() => {
+                    if activity.last().elapsed() >= self.deadlines.silence_limit.unwrap_or_default() {
+                        let _ = closer.shutdown(std::net::Shutdown::Both);
+                        let reason = format!(
+                            "no byte moved either way for {} (the client stopped reading and answering keepalives); socket closed",
+                            humantime::format_duration(self.deadlines.silence_limit.unwrap_or_default())
+                        );
+                        return if is_authenticated { Ended { reason, failed_login: false } } else { ended(&reason, true) };
+                    }
+                }
             }
         }
     }
@@ -521,8 +578,18 @@ async fn stopping(drain: &mut Drain) -> Instant {
 
 /// Tells the client why, then closes the connection. The result is
 /// ignored: the session may already be gone, which is the goal anyway.
+/// The connection's socket, and a second descriptor for it (see `serve`).
+fn duplicate(stream: TcpStream) -> io::Result<(TcpStream, std::net::TcpStream)> {
+    let std = stream.into_std()?;
+    let closer = std.try_clone()?;
+    Ok((TcpStream::from_std(std)?, closer))
+}
+
+/// Asks russh to send a disconnect; does not wait on a session that is stuck
+/// (the caller closes the socket after [`CLOSE_GRACE`] if the session has not ended).
 async fn disconnect(handle: &russh::server::Handle, why: &str) {
-    let _ = handle.disconnect(Disconnect::ByApplication, why.into(), "en".into()).await;
+    let send = handle.disconnect(Disconnect::ByApplication, why.into(), "en".into());
+    let _ = tokio::time::timeout(CLOSE_GRACE, send).await;
 }
 
 /// The monotonic instant at a wall-clock time (now if it has passed).

@@ -5,6 +5,7 @@
 mod address;
 mod cli;
 mod ec2;
+mod endpoint;
 mod metadata;
 mod ownership;
 mod route53;
@@ -142,7 +143,7 @@ async fn task_metadata(cli: &Cli, aws: &Aws) -> Result<Option<Task>, String> {
         "ECS_CONTAINER_METADATA_URI_V4 is not set (not in an ECS task?); give --address and --owner-id to run \
          without it",
     )?;
-    metadata::fetch(&aws.http, uri, cli.startup_timeout).await.map(Some)
+    endpoint::fetch(&aws.http, uri, cli.startup_timeout).await.map(Some)
 }
 
 /// The records to publish: A (or AAAA for an IPv6 --address), and AAAA with --aaaa.

@@ -1,12 +1,14 @@
 //! The ECS task metadata endpoint v4 (`${ECS_CONTAINER_METADATA_URI_V4}/task`).
 //! Parsed leniently: AWS adds fields, so unknown ones are ignored and all
 //! but the networks are optional.
+//!
+//! Pure parsing, on `std`, `serde` and `serde_json` only: the fuzz targets
+//! (tests/fuzz/fuzz_targets/metadata.rs) include this file by path. Fetching
+//! it is in `endpoint`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tracing::{info, warn};
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
@@ -69,39 +71,6 @@ impl Task {
     /// The default owner id: `<cluster>/<family>`.
     pub fn default_owner(&self) -> Option<String> {
         Some(format!("{}/{}", self.cluster_name()?, self.family.as_deref()?))
-    }
-}
-
-/// Fetches `${base}/task`, retrying (the endpoint may not be up yet when the
-/// container starts) until `deadline` has passed.
-pub async fn fetch(http: &reqwest::Client, base: &str, wait: Duration) -> Result<Task, String> {
-    let url = format!("{}/task", base.trim_end_matches('/'));
-    let deadline = Instant::now() + wait;
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let attempt = async {
-            let response = http.get(&url).timeout(Duration::from_secs(5)).send().await.map_err(|e| e.to_string())?;
-            let status = response.status();
-            let body = response.text().await.map_err(|e| e.to_string())?;
-            if !status.is_success() {
-                return Err(format!("HTTP {status}"));
-            }
-            Ok(body)
-        };
-        match attempt.await {
-            Ok(body) => {
-                let task = Task::parse(&body)?;
-                info!(event = "metadata.read", task = task.task_arn.as_deref().unwrap_or("?"),
-                    private_ipv4 = ?task.private_ipv4(), "task metadata read from {url}");
-                return Ok(task);
-            }
-            Err(e) if Instant::now() + delay < deadline => {
-                warn!(event = "metadata.retry", error = %e, "task metadata {url} not ready ({e}); retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(format!("task metadata {url} unavailable after {wait:?}: {e}")),
-        }
     }
 }
 

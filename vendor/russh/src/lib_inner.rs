@@ -190,6 +190,11 @@ pub enum Error {
     #[error("Pending buffer limit reached")]
     Pending,
 
+    /// PATCH(fargate-bastion): the peer sent channel data beyond the window
+    /// or the maximum packet size granted to it.
+    #[error("the peer ignored the flow control of channel {channel}: {detail}")]
+    ChannelFlowControl { channel: u32, detail: String },
+
     #[error("Failed to decrypt a packet")]
     DecryptionError,
 

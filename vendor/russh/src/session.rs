@@ -313,11 +313,35 @@ impl Encrypted {
                 "adjust_window_size, channel = {}, size = {},",
                 channel.sender_channel, target
             );
-            // Ignore extra data.
-            // https://tools.ietf.org/html/rfc4254#section-5.2
-            if data.len() as u32 <= channel.sender_window_size {
-                channel.sender_window_size -= data.len() as u32;
+            // PATCH(fargate-bastion): hold the peer to the maximum packet size and
+            // the window we granted (RFC 4254 5.2). Upstream delivered any excess,
+            // so a channel's queue (channel_buffer_size packets) could hold packets
+            // of up to 256 KiB instead of the maximum packet size: 25 MiB per
+            // channel. The window check is OpenSSH's (channels.c: a tenth of the
+            // window over is tolerated, more ends the connection); as long as the
+            // window is re-opened when data arrives it only catches gross abuse.
+            if data.len() > channel.sender_maximum_packet_size as usize {
+                return Err(crate::Error::ChannelFlowControl {
+                    channel: channel.sender_channel.0,
+                    detail: format!(
+                        "a data packet of {} bytes, over the maximum packet size of {}",
+                        data.len(),
+                        channel.sender_maximum_packet_size
+                    ),
+                });
             }
+            let grace = target / 10;
+            if data.len() as u64 > u64::from(channel.sender_window_size) + u64::from(grace) {
+                return Err(crate::Error::ChannelFlowControl {
+                    channel: channel.sender_channel.0,
+                    detail: format!(
+                        "{} bytes of data with {} left in the window",
+                        data.len(),
+                        channel.sender_window_size
+                    ),
+                });
+            }
+            channel.sender_window_size = channel.sender_window_size.saturating_sub(data.len() as u32);
             if channel.sender_window_size < target / 2 {
                 debug!(
                     "sender_window_size {:?}, target {:?}",

@@ -23,6 +23,7 @@ declare -A TOOLS=(
   [psql]=postgresql-client [kill]=procps [pkill]=procps [ss]=iproute2 [runuser]=util-linux [cc]=gcc
   [curl]=curl [shellcheck]=shellcheck [dockerd]=docker.io [readelf]=binutils
   [plink]=putty-tools [puttygen]=putty-tools [dbclient]=dropbear-bin [dropbearconvert]=dropbear-bin
+  [iperf3]=iperf3 [pgbench]=postgresql
 )
 missing=()
 for tool in "${!TOOLS[@]}"; do
@@ -148,5 +149,8 @@ bash tests/fuzz.sh
 
 say "README quick start, as written (release build)"
 bash tests/quickstart.sh
+
+say "benchmark harness, smoke run (tiny sizes; the figures are not judged): tests/bench/bench.py"
+python3 tests/bench/bench.py --smoke --bastion target/release/bastion-sshd
 
 say "all tests passed"

@@ -472,6 +472,10 @@ impl ConnectionTask {
                         Ok(()) => "client disconnected".into(),
                         Err(e) => describe_session_error(&e),
                     });
+                    // The session can end (a client that leaves right after logging in) before this
+                    // loop has seen the `authenticated` signal: read it now, or a good login would be
+                    // counted as a failed one and its source penalized.
+                    let is_authenticated = is_authenticated || *authenticated.borrow();
                     let grace_exceeded = grace_over && !is_authenticated;
                     return if is_authenticated { Ended { reason, failed_login: false } } else { ended(&reason, grace_exceeded) };
                 }
@@ -549,7 +553,7 @@ impl ConnectionTask {
                     let _ = closer.shutdown(std::net::Shutdown::Both);
                     let reason = reason.take().unwrap_or_default();
                     let reason = format!("{reason} (the client did not read the disconnect message; socket closed)");
-                    return if is_authenticated { Ended { reason, failed_login: false } } else { ended(&reason, true) };
+                    return if is_authenticated || *authenticated.borrow() { Ended { reason, failed_login: false } } else { ended(&reason, true) };
                 }
                 _ = tokio::time::sleep_until(silent_until.unwrap_or_else(Instant::now)), if silent_until.is_some() && close_by.is_none() => {
                     if activity.last().elapsed() >= self.deadlines.silence_limit.unwrap_or_default() {
@@ -558,7 +562,7 @@ impl ConnectionTask {
                             "no byte moved either way for {} (the client stopped reading and answering keepalives); socket closed",
                             humantime::format_duration(self.deadlines.silence_limit.unwrap_or_default())
                         );
-                        return if is_authenticated { Ended { reason, failed_login: false } } else { ended(&reason, true) };
+                        return if is_authenticated || *authenticated.borrow() { Ended { reason, failed_login: false } } else { ended(&reason, true) };
                     }
                 }
             }

@@ -78,6 +78,9 @@ const WINDOW_SIZE: u32 = 2 << 20;
 /// The largest data packet a client may send on a channel (OpenSSH's is 32 KiB too).
 const MAXIMUM_PACKET_SIZE: u32 = 32 << 10;
 
+/// Packets queued per channel before the session stops reading (russh's default).
+const CHANNEL_QUEUE: usize = 100;
+
 /// Per-connection deadlines that are not part of russh's config.
 struct Deadlines {
     /// Unauthenticated connections are dropped after this (LoginGraceTime).
@@ -104,15 +107,16 @@ fn russh_config(args: &ServerArgs, host_keys: &[HostKey]) -> Config {
         keepalive_max: args.keepalive_max,
         nodelay: true,
         // What one channel may hold in the server when its target reads slower
-        // than the client sends: the client may send a window ahead (russh
-        // re-opens the window as data arrives), and data waits in a queue of
-        // this many packets before the connection stops reading. Window /
-        // packet size keeps that queue at one window (2 MiB) per channel, as in
-        // OpenSSH, instead of russh's default 100 packets. The window and packet
-        // size themselves are enforced (vendor/patches/0002).
+        // than the client sends: russh re-opens the window as data arrives, and
+        // data waits in a queue of `channel_buffer_size` packets (russh's default,
+        // 100) before the connection stops reading; with the packet size enforced
+        // (vendor/patches/0002) that is at most 3.2 MiB per channel. A shorter
+        // queue (one window, 64 packets) was tried: it made russh's two-way stall
+        // (SECURITY.md, known limits) likelier under load, and a 16 MiB echo test
+        // hung on a busy machine. Re-opening the window on consumption is the fix.
         window_size: WINDOW_SIZE,
         maximum_packet_size: MAXIMUM_PACKET_SIZE,
-        channel_buffer_size: (WINDOW_SIZE / MAXIMUM_PACKET_SIZE) as usize,
+        channel_buffer_size: CHANNEL_QUEUE,
         preferred: Preferred {
             kex: Cow::Borrowed(if args.post_quantum_only { KEX_POST_QUANTUM_ONLY } else { KEX }),
             key: Cow::Borrowed(KEY_ALGORITHMS),

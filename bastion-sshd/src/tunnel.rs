@@ -1,22 +1,24 @@
 //! The data path of one tunnel: connect to the target, then copy bytes both
 //! ways (with half-close) and count them. Independent of SSH: the client
-//! side is any `AsyncRead + AsyncWrite`, so it is tested with plain sockets.
+//! side is any `AsyncBufRead + AsyncWrite`, so it is tested with plain sockets.
 
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 
 use crate::policy::Target;
 
-/// Copy buffer per direction. Matches russh's 32 KiB maximum packet size
-/// with room to spare, so one read fills a couple of SSH packets.
-const COPY_BUFFER: usize = 64 * 1024;
+/// Read buffer for the target side: a read fills two of russh's 32 KiB SSH
+/// packets. The client side needs none: its data is written to the target
+/// straight from the packet it arrived in (`AsyncBufRead`, russh patch 0003).
+const TARGET_READ_BUFFER: usize = 64 * 1024;
 
 /// Connects to the first of `addrs` that answers, before `deadline`
 /// (`timeout` after the request arrived, which the message names).
@@ -70,45 +72,70 @@ impl Transfer {
 }
 
 /// Copies both ways until both directions have seen end-of-file, passing a
-/// half-close from either side to the other, and counts into `transfer`.
-/// Returns the error that ended the copy, if any (a reset, the SSH
-/// connection dropping).
-pub async fn relay<C, T>(client: C, target: T, transfer: &Transfer) -> Option<io::Error>
+/// half-close from either side to the other, and counts into `transfer`
+/// what each side accepted. Returns the error that ended the copy, if any (a
+/// reset, the SSH connection dropping).
+pub async fn relay<C, T>(mut client: C, target: T, transfer: &Transfer) -> Option<io::Error>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncBufRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut client = Counted { inner: client, read: &transfer.up };
-    let mut target = Counted { inner: target, read: &transfer.down };
-    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut target, COPY_BUFFER, COPY_BUFFER).await.err()
+    let mut target = BufReader::with_capacity(TARGET_READ_BUFFER, target);
+    let (mut up, mut down) = (Direction::default(), Direction::default());
+    poll_fn(|cx| {
+        let up = up.poll(cx, &mut client, &mut target, &transfer.up)?;
+        let down = down.poll(cx, &mut target, &mut client, &transfer.down)?;
+        if up.is_ready() && down.is_ready() { Poll::Ready(Ok(())) } else { Poll::Pending }
+    })
+    .await
+    .err()
 }
 
-/// Counts the bytes read through it.
-struct Counted<'a, S> {
-    inner: S,
-    read: &'a AtomicU64,
+/// One direction of a relay: like `tokio::io::copy_buf`, then a half-close.
+#[derive(Default)]
+struct Direction {
+    /// The reader has reached end-of-file; the writer is being shut down.
+    eof: bool,
+    /// Written since the last flush (flushed before waiting for more to read).
+    unflushed: bool,
+    /// The writer is shut down: nothing more to do.
+    done: bool,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
-        poll
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+impl Direction {
+    fn poll<R, W>(&mut self, cx: &mut Context<'_>, from: &mut R, to: &mut W, moved: &AtomicU64) -> Poll<io::Result<()>>
+    where
+        R: AsyncBufRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        while !self.eof {
+            let data = match Pin::new(&mut *from).poll_fill_buf(cx) {
+                Poll::Ready(data) => data?,
+                Poll::Pending => {
+                    if self.unflushed {
+                        ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+            };
+            if data.is_empty() {
+                self.eof = true;
+                break;
+            }
+            let n = ready!(Pin::new(&mut *to).poll_write(cx, data))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            Pin::new(&mut *from).consume(n);
+            moved.fetch_add(n as u64, Ordering::Relaxed);
+            self.unflushed = true;
+        }
+        if !self.done {
+            ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+            self.done = true;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -154,7 +181,7 @@ mod tests {
         let (client_side, relay_side) = tokio::io::duplex(1024);
         let transfer = std::sync::Arc::new(Transfer::default());
         let counted = transfer.clone();
-        let relay = tokio::spawn(async move { relay(relay_side, target_stream, &counted).await });
+        let relay = tokio::spawn(async move { relay(BufReader::new(relay_side), target_stream, &counted).await });
         let (mut rd, mut wr) = tokio::io::split(client_side);
         wr.write_all(&[7u8; 100_000]).await.unwrap();
         wr.shutdown().await.unwrap(); // half-close: the target must see EOF

@@ -221,7 +221,7 @@ def tunnel(ctx, server, targets, extra=()):
 
 # --- figures -----------------------------------------------------------------------------
 def iperf_gbps(port, secs, flags):
-    """One iperf3 test to 127.0.0.1:port: Gbit/s the receiver got, or BenchError."""
+    """One iperf3 test to 127.0.0.1:port: (Gbit/s, bytes) the receiver got, or BenchError."""
     out = run(["iperf3", "-c", "127.0.0.1", "-p", port, "-t", secs, "-J", *flags], timeout=secs + 60, check=False)
     try:
         report = json.loads(out.stdout)
@@ -229,7 +229,8 @@ def iperf_gbps(port, secs, flags):
         report = {"error": out.stderr.strip() or f"exit status {out.returncode}, no JSON report"}
     if "error" in report:
         raise BenchError(f"iperf3 failed: {report['error']}")
-    return report["end"]["sum_received"]["bits_per_second"] / 1e9
+    received = report["end"]["sum_received"]
+    return received["bits_per_second"] / 1e9, received["bytes"]
 
 
 def fig_throughput(ctx, res):
@@ -248,13 +249,17 @@ def fig_throughput(ctx, res):
                     try:
                         for direction, flags in (("upload", []), ("download", ["-R"])):
                             wait_served(iperf_port)
+                            cpu_before = cpu_seconds(server.pids())
                             try:
-                                gbps = iperf_gbps(lport, secs, flags)
+                                gbps, moved = iperf_gbps(lport, secs, flags)
                             except BenchError as e:
                                 raise BenchError(f"through {server.label} ({cipher}, {direction}): {e}\n"
                                                  f"ssh said:\n{ssh.text(10)}")
-                            res.add(f"Tunnel throughput, {cipher.split('@')[0]}, {direction} (Gbit/s)",
-                                    "higher", 2, server.key, gbps)
+                            cpu = cpu_seconds(server.pids()) - cpu_before  # before the connection closes
+                            name = f"{cipher.split('@')[0]}, {direction}"
+                            res.add(f"Tunnel throughput, {name} (Gbit/s)", "higher", 2, server.key, gbps)
+                            res.add(f"Server CPU per GB tunnelled, {name} (s)", "lower", 2, server.key,
+                                    cpu / (moved / 1e9))
                     finally:
                         ssh.stop()
     iperf.stop()

@@ -304,8 +304,14 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
         trace!("reading, len = {len:?}");
         {
             let seqn = buffer.seqn.0;
-            buffer.buffer.clear();
-            buffer.buffer.extend_from_slice(&len);
+            // PATCH(fargate-bastion): keep the buffer's length from the last packet
+            // instead of clearing it, so that the `resize` below only zeroes
+            // bytes it adds (it used to zero every packet before reading over it).
+            if buffer.buffer.len() < len.len() {
+                buffer.buffer.resize(len.len(), 0);
+            }
+            #[allow(clippy::indexing_slicing)] // length checked
+            buffer.buffer[..len.len()].copy_from_slice(&len);
             trace!("reading, seqn = {seqn:?}");
             let len = cipher.decrypt_packet_length(seqn, &len);
             let len = BigEndian::read_u32(&len) as usize;

@@ -39,7 +39,31 @@ impl Session {
         handler: &mut H,
         pkt: &mut IncomingSshPacket,
     ) -> Result<(), H::Error> {
-        self.process_packet(handler, &pkt.buffer).await
+        // PATCH(fargate-bastion): the packet moves into a `Bytes` (no copy) so
+        // that channel data can be a slice of it.
+        let packet = Bytes::from(std::mem::take(&mut pkt.buffer));
+        self.incoming_packet = packet.clone();
+        let result = self.process_packet(handler, &packet).await;
+        self.incoming_packet = Bytes::new();
+        result
+    }
+
+    /// PATCH(fargate-bastion): reads an SSH `string` of channel data. When `r`
+    /// lies inside the packet in `incoming_packet`, the data is a slice of that
+    /// packet rather than a copy.
+    fn take_data(&self, r: &mut &[u8]) -> Result<Bytes, crate::Error> {
+        let len = map_err!(u32::decode(r))? as usize;
+        let Some((data, rest)) = r.split_at_checked(len) else {
+            return Err(crate::Error::from(ssh_encoding::Error::Length));
+        };
+        *r = rest;
+        let packet = self.incoming_packet.as_ptr_range();
+        let inside = packet.start <= data.as_ptr_range().start && data.as_ptr_range().end <= packet.end;
+        Ok(if inside && !data.is_empty() {
+            self.incoming_packet.slice_ref(data)
+        } else {
+            Bytes::copy_from_slice(data)
+        })
     }
 
     pub(crate) async fn process_packet<H: Handler + Send>(
@@ -47,6 +71,10 @@ impl Session {
         handler: &mut H,
         buf: &[u8],
     ) -> Result<(), H::Error> {
+        // PATCH(fargate-bastion): `incoming_packet` is only used when it is `buf`.
+        if self.incoming_packet.as_ptr() != buf.as_ptr() || self.incoming_packet.len() != buf.len() {
+            self.incoming_packet = Bytes::new();
+        }
         let rejection_wait_until =
             tokio::time::Instant::now() + self.common.config.auth_rejection_time;
         let initial_none_rejection_wait_until = if self.common.auth_attempts == 0 {
@@ -857,6 +885,7 @@ mod tests {
             receiver,
             sender: handle,
             pending_reads: Vec::new(),
+            incoming_packet: bytes::Bytes::new(), // PATCH(fargate-bastion)
             pending_len: 0,
             channels: std::collections::HashMap::new(),
             open_global_requests: std::collections::VecDeque::new(),
@@ -1444,11 +1473,13 @@ async fn reply_userauth_info_response(
 }
 
 impl Session {
-    async fn server_read_authenticated<H: Handler + Send, R: Reader>(
+    // PATCH(fargate-bastion): `r` is the packet's own slice (was any `Reader`), so
+    // that channel data can be taken as a slice of the packet.
+    async fn server_read_authenticated<H: Handler + Send>(
         &mut self,
         handler: &mut H,
         msg: u8,
-        r: &mut R,
+        r: &mut &[u8],
     ) -> Result<(), H::Error> {
         match msg {
             msg::CHANNEL_OPEN => self.server_handle_channel_open(handler, r).await,
@@ -1496,7 +1527,8 @@ impl Session {
                     Some(map_err!(u32::decode(r))?)
                 };
                 trace!("handler.data {ext:?} {channel_num:?}");
-                let data = map_err!(Bytes::decode(r))?;
+                // PATCH(fargate-bastion): a slice of the packet, not a zeroed copy.
+                let data = self.take_data(r)?;
                 map_err!(ensure_end(r))?;
                 let target = self.target_window_size;
 

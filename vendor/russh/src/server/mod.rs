@@ -1057,7 +1057,7 @@ async fn start_reading<R: AsyncRead + Unpin>(
     mut buffer: SSHBuffer,
     mut cipher: Box<dyn OpeningKey + Send>,
 ) -> Result<(usize, R, SSHBuffer, Box<dyn OpeningKey + Send>), Error> {
-    buffer.buffer.clear();
+    // PATCH(fargate-bastion): no `buffer.buffer.clear()`; `cipher::read` overwrites it.
     let n = cipher::read(&mut stream_read, &mut buffer, &mut *cipher).await?;
     Ok((n, stream_read, buffer, cipher))
 }
@@ -1124,6 +1124,7 @@ where
         receiver,
         sender: handle.clone(),
         pending_reads: Vec::new(),
+        incoming_packet: bytes::Bytes::new(), // PATCH(fargate-bastion)
         pending_len: 0,
         channels: HashMap::new(),
         open_global_requests: VecDeque::new(),

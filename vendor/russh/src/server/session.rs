@@ -26,6 +26,9 @@ pub struct Session {
     pub(crate) target_window_size: u32,
     pub(crate) pending_reads: Vec<Vec<u8>>,
     pub(crate) pending_len: u32,
+    /// PATCH(fargate-bastion): the packet being processed, when it came from
+    /// the socket; channel data is handed on as a slice of it, not a copy.
+    pub(crate) incoming_packet: bytes::Bytes,
     pub(crate) channels: HashMap<ChannelId, ChannelRef>,
     pub(crate) open_global_requests: VecDeque<GlobalRequestResponse>,
     pub(crate) kex: SessionKexState<ServerKex>,
@@ -1668,6 +1671,7 @@ mod tests {
             receiver,
             target_window_size: config.window_size,
             pending_reads: Vec::new(),
+            incoming_packet: bytes::Bytes::new(), // PATCH(fargate-bastion)
             pending_len: 0,
             channels: HashMap::new(),
             open_global_requests: VecDeque::new(),

@@ -3,7 +3,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncBufRead, AsyncRead};
 
 use super::{ChannelMsg, ChannelReadHalf};
 
@@ -79,6 +79,55 @@ where
             _ => {
                 cx.waker().wake_by_ref();
                 Poll::Pending
+            }
+        }
+    }
+}
+
+// PATCH(fargate-bastion): `AsyncBufRead`, so that a consumer can write channel
+// data straight out of the packet it arrived in (`tokio::io::copy_buf`) instead
+// of copying it into a buffer of its own first. Shares `buffer` with
+// `poll_read`; messages other than this reader's data are skipped, as there.
+impl<R> AsyncBufRead for ChannelRx<R>
+where
+    R: BorrowMut<ChannelReadHalf> + Unpin,
+{
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        while this.buffer.is_none() {
+            let Some(msg) = ready!(this.channel.borrow_mut().receiver.poll_recv(cx)) else {
+                return Poll::Ready(Ok(&[]));
+            };
+            match (&msg, this.ext) {
+                (ChannelMsg::Data { data }, None) if !data.is_empty() => this.buffer = Some((msg, 0)),
+                (ChannelMsg::ExtendedData { data, ext }, Some(target))
+                    if *ext == target && !data.is_empty() =>
+                {
+                    this.buffer = Some((msg, 0))
+                }
+                (ChannelMsg::Eof, _) => {
+                    this.channel.borrow_mut().receiver.close();
+                    return Poll::Ready(Ok(&[]));
+                }
+                _ => {}
+            }
+        }
+        match &this.buffer {
+            Some((ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. }, idx)) => {
+                Poll::Ready(Ok(data.get(*idx..).unwrap_or_default()))
+            }
+            _ => Poll::Ready(Ok(&[])),
+        }
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        if let Some((ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. }, idx)) =
+            &mut this.buffer
+        {
+            *idx = idx.saturating_add(amt).min(data.len());
+            if *idx == data.len() {
+                this.buffer = None;
             }
         }
     }

@@ -179,6 +179,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N", env = "BASTION_KEEPALIVE_MAX", default_value_t = 3)]
     pub keepalive_max: usize,
 
+    /// Threads that carry connections and tunnels. 0: one per CPU this process may use
+    /// (a cgroup CPU quota counts). A 0.25-vCPU task gains nothing from a second thread, and
+    /// one thread spends less CPU per byte (docs/benchmarks.md).
+    #[arg(long, value_name = "N", env = "BASTION_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
     /// Offer only the post-quantum key exchange (mlkem768x25519-sha256). Clients older than
     /// OpenSSH 9.9 cannot connect; ssh-audit reports no warning at all.
     #[arg(long, env = "BASTION_POST_QUANTUM_ONLY")]

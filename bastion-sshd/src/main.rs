@@ -44,6 +44,7 @@ fn serve(args: cli::ServerArgs, log_format: Option<cli::LogFormat>) -> ExitCode 
     logging::init(log_format);
     // Configuration, sockets and giving up root come before the runtime starts
     // its threads (see `privileges`).
+    let workers = args.worker_threads;
     let prepared = match server::prepare(args) {
         Ok(p) => p,
         Err(e) => {
@@ -51,7 +52,11 @@ fn serve(args: cli::ServerArgs, log_format: Option<cli::LogFormat>) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        runtime.worker_threads(workers);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(event = "server.error", "cannot start the async runtime: {e}");

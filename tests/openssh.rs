@@ -70,6 +70,55 @@ fn local_forward_carries_16_mib_and_20_parallel_connections() {
     }
 }
 
+/// A target that stops reading stops only its own tunnel: the client's other
+/// tunnels on the same connection keep flowing. russh used to re-open a
+/// channel's window as data arrived, so the stalled tunnel's queue filled and
+/// the whole connection stopped (fixed by vendored russh patch 0004).
+#[test]
+fn a_target_that_stops_reading_does_not_hold_up_the_users_other_tunnels() {
+    let (dir, key) = setup();
+    let server = server(&dir, &[&key]);
+    let echo = EchoServer::start();
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_port = sink.local_addr().unwrap().port();
+    let (accepted, held) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        if let Ok((stream, _)) = sink.accept() {
+            let _ = accepted.send(stream); // kept open, never read
+        }
+    });
+    let (_ssh, ports) = server.tunnel(&key, &[("127.0.0.1", sink_port), ("127.0.0.1", echo.addr.port())], &[]);
+
+    // Push into the stalled tunnel until nothing more goes in for a second.
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut stalled = connect_retry(local(ports[0]));
+    stalled.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+    let counter = written.clone();
+    thread::spawn(move || {
+        let chunk = pattern(64 * 1024, 7);
+        while stalled.write_all(&chunk).is_ok() {
+            counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let _target_side = held.recv_timeout(Duration::from_secs(20)).expect("the tunnel never reached the target");
+    let mut last = usize::MAX;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = written.load(std::sync::atomic::Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the stalled tunnel kept taking data for 60 s");
+        last = now;
+        thread::sleep(Duration::from_secs(1)); // polls for "no more progress", not a wait for an event
+    }
+    assert!(last >= 2 * MIB, "only {last} bytes went into the stalled tunnel");
+
+    let data = pattern(4 * MIB, 8);
+    let back = echo_round_trip(local(ports[1]), &data);
+    assert_eq!(checksum(&back), checksum(&data), "the second tunnel came back different");
+}
+
 #[test]
 fn target_that_speaks_first_is_heard() {
     let (dir, key) = setup();

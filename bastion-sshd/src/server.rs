@@ -81,6 +81,14 @@ const MAXIMUM_PACKET_SIZE: u32 = 32 << 10;
 /// Packets queued per channel before the session stops reading (russh's default).
 const CHANNEL_QUEUE: usize = 100;
 
+/// Read buffer on each client socket. russh reads every packet with two
+/// read() calls (its first block, then the rest); through this buffer one call
+/// takes in two full packets, or every smaller one that has arrived. Measured
+/// on upload: 11-16 % more throughput and less CPU per GB; 256 KiB gained
+/// nothing more. Safe only with the window re-opened as tunnels consume (russh
+/// patch 0004): reading faster made the two-way stall certain before it.
+const SOCKET_READ_BUFFER: usize = 64 << 10;
+
 /// Per-connection deadlines that are not part of russh's config.
 struct Deadlines {
     /// Unauthenticated connections are dropped after this (LoginGraceTime).
@@ -444,6 +452,7 @@ impl ConnectionTask {
             Err(e) => return ended(&format!("cannot duplicate the socket: {e}"), false),
         };
         let (stream, activity) = liveness::watch(stream);
+        let stream = tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, stream);
         // The identification exchange happens inside run_stream; bound it by the grace time.
         let started = tokio::select! {
             r = tokio::time::timeout_at(deadline, russh::server::run_stream(self.config.clone(), stream, handler)) => r,

@@ -302,11 +302,14 @@ impl Encrypted {
         }
     }
 
+    /// PATCH(fargate-bastion): `reopen: false` only takes `data` off the window
+    /// (and checks it); the window is then re-opened by `grant_consumed`.
     pub fn adjust_window_size(
         &mut self,
         channel: ChannelId,
         data: &[u8],
         target: u32,
+        reopen: bool,
     ) -> Result<bool, crate::Error> {
         if let Some(channel) = self.channels.get_mut(&channel) {
             trace!(
@@ -342,7 +345,7 @@ impl Encrypted {
                 });
             }
             channel.sender_window_size = channel.sender_window_size.saturating_sub(data.len() as u32);
-            if channel.sender_window_size < target / 2 {
+            if reopen && channel.sender_window_size < target / 2 {
                 debug!(
                     "sender_window_size {:?}, target {:?}",
                     channel.sender_window_size, target
@@ -357,6 +360,36 @@ impl Encrypted {
             }
         }
         Ok(false)
+    }
+
+    /// PATCH(fargate-bastion): once less than half of the window is left, gives
+    /// back to the peer what the channel's reader has taken off its queue
+    /// (OpenSSH re-opens the window from what it consumed, the same way).
+    pub(crate) fn grant_consumed(
+        &mut self,
+        channel: ChannelId,
+        consumed: &crate::channels::Consumed,
+        target: u32,
+    ) -> Result<(), crate::Error> {
+        if let Some(channel) = self.channels.get_mut(&channel) {
+            if channel.sender_window_size >= target / 2
+                || consumed.bytes.load(std::sync::atomic::Ordering::Relaxed) < consumed.step
+            {
+                return Ok(());
+            }
+            let taken = consumed.bytes.swap(0, std::sync::atomic::Ordering::Relaxed);
+            let amount = u32::try_from(taken).unwrap_or(u32::MAX).min(target.saturating_sub(channel.sender_window_size));
+            if amount == 0 {
+                return Ok(());
+            }
+            push_packet!(self.write, {
+                self.write.push(msg::CHANNEL_WINDOW_ADJUST);
+                channel.recipient_channel.encode(&mut self.write)?;
+                amount.encode(&mut self.write)?;
+            });
+            channel.sender_window_size += amount;
+        }
+        Ok(())
     }
 
     fn flush_channel(

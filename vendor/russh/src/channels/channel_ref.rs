@@ -9,6 +9,8 @@ use crate::ChannelMsg;
 pub struct ChannelRef {
     pub(super) sender: Sender<ChannelMsg>,
     pub(super) window_size: WindowSizeRef,
+    /// PATCH(fargate-bastion): set when the window is re-opened as the reader takes data.
+    pub(crate) consumed: Option<std::sync::Arc<super::Consumed>>,
 }
 
 impl ChannelRef {
@@ -16,6 +18,7 @@ impl ChannelRef {
         Self {
             sender,
             window_size: WindowSizeRef::new(0),
+            consumed: None, // PATCH(fargate-bastion)
         }
     }
 

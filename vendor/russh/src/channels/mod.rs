@@ -145,6 +145,45 @@ impl WindowSizeRef {
 /// Allows you to read from a channel without borrowing the session
 pub struct ChannelReadHalf {
     pub(crate) receiver: Receiver<ChannelMsg>,
+    /// PATCH(fargate-bastion): where the session learns what was taken off the queue.
+    pub(crate) consumed: Option<Arc<Consumed>>,
+}
+
+/// PATCH(fargate-bastion): channel data taken off a channel's queue by its
+/// reader and not yet given back to the peer as window. The session re-opens
+/// the window from this count, not as data arrives, so a peer can never have
+/// more in flight than the window: a reader that stops stops its peer, and the
+/// queue never fills up and blocks the session (head-of-line blocking, and a
+/// stall both ways when a tunnel echoes).
+#[derive(Debug)]
+pub(crate) struct Consumed {
+    pub(crate) bytes: std::sync::atomic::AtomicUsize,
+    /// The session's, shared by all its channels; woken each time `bytes`
+    /// passes a multiple of `step` (an eighth of the window: the session
+    /// gives back no less than that at a time).
+    pub(crate) notify: Arc<Notify>,
+    pub(crate) step: usize,
+}
+
+impl Consumed {
+    pub(crate) fn new(notify: Arc<Notify>, window: u32) -> Self {
+        let step = (window as usize / 8).max(1);
+        Self { bytes: std::sync::atomic::AtomicUsize::new(0), notify, step }
+    }
+}
+
+impl ChannelReadHalf {
+    /// PATCH(fargate-bastion): counts a message as it leaves the queue.
+    pub(crate) fn taken(&self, msg: &ChannelMsg) {
+        if let (Some(consumed), ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. }) =
+            (&self.consumed, msg)
+        {
+            let before = consumed.bytes.fetch_add(data.len(), std::sync::atomic::Ordering::Relaxed);
+            if (before + data.len()) / consumed.step > before / consumed.step {
+                consumed.notify.notify_one();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for ChannelReadHalf {
@@ -156,7 +195,11 @@ impl std::fmt::Debug for ChannelReadHalf {
 impl ChannelReadHalf {
     /// Awaits an incoming [`ChannelMsg`], this method returns [`None`] if the channel has been closed.
     pub async fn wait(&mut self) -> Option<ChannelMsg> {
-        self.receiver.recv().await
+        let msg = self.receiver.recv().await;
+        if let Some(msg) = &msg {
+            self.taken(msg); // PATCH(fargate-bastion)
+        }
+        msg
     }
 
     /// Make a reader for the [`Channel`] to receive [`ChannelMsg::Data`]
@@ -470,7 +513,7 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
     ) -> (Self, ChannelRef) {
         let (tx, rx) = tokio::sync::mpsc::channel(channel_buffer_size);
         let window_size = WindowSizeRef::new(window_size);
-        let read_half = ChannelReadHalf { receiver: rx };
+        let read_half = ChannelReadHalf { receiver: rx, consumed: None }; // PATCH(fargate-bastion)
         let write_half = ChannelWriteHalf {
             id,
             sender,
@@ -486,6 +529,7 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
             ChannelRef {
                 sender: tx,
                 window_size,
+                consumed: None, // PATCH(fargate-bastion)
             },
         )
     }

@@ -759,7 +759,7 @@ impl<H: Handler> Handle<H> {
                             max_packet_size,
                             window_size: window_size_ref,
                         },
-                        read_half: ChannelReadHalf { receiver },
+                        read_half: ChannelReadHalf { receiver, consumed: None }, // PATCH(fargate-bastion)
                     });
                 }
                 Some(ChannelMsg::OpenFailure(reason)) => {

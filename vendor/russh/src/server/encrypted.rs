@@ -886,6 +886,7 @@ mod tests {
             sender: handle,
             pending_reads: Vec::new(),
             incoming_packet: bytes::Bytes::new(), // PATCH(fargate-bastion)
+            window_notify: Default::default(), // PATCH(fargate-bastion)
             pending_len: 0,
             channels: std::collections::HashMap::new(),
             open_global_requests: std::collections::VecDeque::new(),
@@ -1531,14 +1532,20 @@ impl Session {
                 let data = self.take_data(r)?;
                 map_err!(ensure_end(r))?;
                 let target = self.target_window_size;
+                // PATCH(fargate-bastion): channels whose reader counts what it takes
+                // get their window back from that count, not on arrival.
+                let consumed = self.channels.get(&channel_num).and_then(|c| c.consumed.clone());
 
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    if enc.adjust_window_size(channel_num, &data, target, consumed.is_none())? {
                         let window = handler.adjust_window(channel_num, self.target_window_size);
                         if window > 0 {
                             self.target_window_size = window
                         }
+                    }
+                    if let Some(consumed) = &consumed {
+                        enc.grant_consumed(channel_num, consumed, target)?;
                     }
                 }
                 self.flush()?;
@@ -2096,13 +2103,20 @@ impl Session {
             pending_close: false,
         };
 
-        let (channel, channel_ref) = Channel::new(
+        let (mut channel, mut channel_ref) = Channel::new(
             sender_channel,
             self.sender.sender.clone(),
             channel_params.recipient_maximum_packet_size,
             channel_params.recipient_window_size,
             self.common.config.channel_buffer_size,
         );
+        // PATCH(fargate-bastion): this channel's window is re-opened as its reader takes data.
+        let consumed = std::sync::Arc::new(crate::channels::Consumed::new(
+            self.window_notify.clone(),
+            self.target_window_size,
+        ));
+        channel.read_half.consumed = Some(consumed.clone());
+        channel_ref.consumed = Some(consumed);
 
         let pending = PendingChannelOpen {
             recipient_channel: msg.recipient_channel,

@@ -1125,6 +1125,7 @@ where
         sender: handle.clone(),
         pending_reads: Vec::new(),
         incoming_packet: bytes::Bytes::new(), // PATCH(fargate-bastion)
+        window_notify: Default::default(), // PATCH(fargate-bastion)
         pending_len: 0,
         channels: HashMap::new(),
         open_global_requests: VecDeque::new(),

@@ -29,6 +29,9 @@ pub struct Session {
     /// PATCH(fargate-bastion): the packet being processed, when it came from
     /// the socket; channel data is handed on as a slice of it, not a copy.
     pub(crate) incoming_packet: bytes::Bytes,
+    /// PATCH(fargate-bastion): woken when a channel's reader takes data off its
+    /// queue, so that the window can be re-opened (`Consumed`).
+    pub(crate) window_notify: Arc<tokio::sync::Notify>,
     pub(crate) channels: HashMap<ChannelId, ChannelRef>,
     pub(crate) open_global_requests: VecDeque<GlobalRequestResponse>,
     pub(crate) kex: SessionKexState<ServerKex>,
@@ -417,7 +420,7 @@ impl Handle {
                             max_packet_size,
                             window_size: window_size_ref,
                         },
-                        read_half: ChannelReadHalf { receiver },
+                        read_half: ChannelReadHalf { receiver, consumed: None }, // PATCH(fargate-bastion)
                     });
                 }
                 Some(ChannelMsg::OpenFailure(reason)) => {
@@ -716,6 +719,7 @@ impl Session {
 
             let rekey_timer = future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
             pin!(rekey_timer);
+            let window_notify = self.window_notify.clone(); // PATCH(fargate-bastion)
 
             tokio::select! {
                 r = &mut reading => {
@@ -782,6 +786,10 @@ impl Session {
                 () = &mut inactivity_timer => {
                     debug!("timeout");
                     return Err(crate::Error::InactivityTimeout.into());
+                }
+                // PATCH(fargate-bastion): a channel's reader took data off its queue.
+                () = window_notify.notified(), if !self.kex.active() => {
+                    self.grant_consumed()?;
                 }
                 msg = self.priority_receiver.recv(), if !self.kex.active() => {
                     match msg {
@@ -869,6 +877,20 @@ impl Session {
             }
         }
 
+        Ok(())
+    }
+
+    /// PATCH(fargate-bastion): re-opens the window of every channel whose
+    /// reader has taken enough off its queue (`Consumed`).
+    fn grant_consumed(&mut self) -> Result<(), Error> {
+        let target = self.target_window_size;
+        if let Some(enc) = self.common.encrypted.as_mut() {
+            for (id, channel) in &self.channels {
+                if let Some(consumed) = &channel.consumed {
+                    enc.grant_consumed(*id, consumed, target)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1672,6 +1694,7 @@ mod tests {
             target_window_size: config.window_size,
             pending_reads: Vec::new(),
             incoming_packet: bytes::Bytes::new(), // PATCH(fargate-bastion)
+            window_notify: Default::default(), // PATCH(fargate-bastion)
             pending_len: 0,
             channels: HashMap::new(),
             open_global_requests: VecDeque::new(),

@@ -37,7 +37,10 @@ where
         let (msg, mut idx) = match self.buffer.take() {
             Some(msg) => msg,
             None => match ready!(self.channel.borrow_mut().receiver.poll_recv(cx)) {
-                Some(msg) => (msg, 0),
+                Some(msg) => {
+                    self.channel.borrow_mut().taken(&msg); // PATCH(fargate-bastion)
+                    (msg, 0)
+                }
                 None => return Poll::Ready(Ok(())),
             },
         };
@@ -98,6 +101,7 @@ where
             let Some(msg) = ready!(this.channel.borrow_mut().receiver.poll_recv(cx)) else {
                 return Poll::Ready(Ok(&[]));
             };
+            this.channel.borrow_mut().taken(&msg); // PATCH(fargate-bastion)
             match (&msg, this.ext) {
                 (ChannelMsg::Data { data }, None) if !data.is_empty() => this.buffer = Some((msg, 0)),
                 (ChannelMsg::ExtendedData { data, ext }, Some(target))

@@ -517,6 +517,8 @@ pub(crate) struct ChannelParams {
     pending_data: std::collections::VecDeque<(bytes::Bytes, Option<u32>, usize)>,
     pending_eof: bool,
     pending_close: bool,
+    /// PATCH(fargate-bastion): data received beyond the window, in all.
+    window_exceeded: u32,
 }
 
 impl ChannelParams {

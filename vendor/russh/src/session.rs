@@ -333,16 +333,23 @@ impl Encrypted {
                     ),
                 });
             }
+            // Counted in all, as OpenSSH does (`local_window_exceeded`): with the
+            // window re-opened only as data is consumed (patch 0004), a peer that
+            // ignores it would otherwise send a tenth over, packet after packet.
             let grace = target / 10;
-            if data.len() as u64 > u64::from(channel.sender_window_size) + u64::from(grace) {
-                return Err(crate::Error::ChannelFlowControl {
-                    channel: channel.sender_channel.0,
-                    detail: format!(
-                        "{} bytes of data with {} left in the window",
-                        data.len(),
-                        channel.sender_window_size
-                    ),
-                });
+            if let Some(excess) = (data.len() as u64).checked_sub(u64::from(channel.sender_window_size)) {
+                channel.window_exceeded = channel
+                    .window_exceeded
+                    .saturating_add(u32::try_from(excess).unwrap_or(u32::MAX));
+                if channel.window_exceeded > grace {
+                    return Err(crate::Error::ChannelFlowControl {
+                        channel: channel.sender_channel.0,
+                        detail: format!(
+                            "{} bytes of data over the window, in all (a tenth of it, {grace}, is tolerated)",
+                            channel.window_exceeded
+                        ),
+                    });
+                }
             }
             channel.sender_window_size = channel.sender_window_size.saturating_sub(data.len() as u32);
             if reopen && channel.sender_window_size < target / 2 {
@@ -840,6 +847,7 @@ impl Encrypted {
                     pending_data: std::collections::VecDeque::new(),
                     pending_eof: false,
                     pending_close: false,
+                    window_exceeded: 0, // PATCH(fargate-bastion)
                 });
                 return ChannelId(self.last_channel_id.0);
             }

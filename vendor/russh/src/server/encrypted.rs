@@ -2101,6 +2101,7 @@ impl Session {
             pending_data: std::collections::VecDeque::new(),
             pending_eof: false,
             pending_close: false,
+            window_exceeded: 0, // PATCH(fargate-bastion)
         };
 
         let (mut channel, mut channel_ref) = Channel::new(

@@ -561,7 +561,7 @@ fn a_target_that_never_reads_while_the_client_sends_a_gibibyte() {
         let sent = result["sent"].as_u64().unwrap();
         let during = f.memory();
         let transfers = f.bystander_unharmed(bystander);
-        // Per tunnel: a queue in the server (at most 100 packets of 32 KiB) and the socket buffers (the kernel's).
+        // Per tunnel: one window queued in the server (2 MiB, russh patch 0004) and the socket buffers (the kernel's).
         f.assert_peak_below(24 + 4 * tunnels);
         f.report(
             &format!("a well-behaved client sends 1 GiB into each of {tunnels} tunnels whose target never reads"),

@@ -78,7 +78,9 @@ const WINDOW_SIZE: u32 = 2 << 20;
 /// The largest data packet a client may send on a channel (OpenSSH's is 32 KiB too).
 const MAXIMUM_PACKET_SIZE: u32 = 32 << 10;
 
-/// Packets queued per channel before the session stops reading (russh's default).
+/// Packets a channel's queue holds (russh's default). With the window re-opened
+/// as the tunnel consumes (russh patch 0004), a client that respects the window
+/// never has more than one window (64 full packets) queued.
 const CHANNEL_QUEUE: usize = 100;
 
 /// Read buffer on each client socket. russh reads every packet with two
@@ -115,13 +117,10 @@ fn russh_config(args: &ServerArgs, host_keys: &[HostKey]) -> Config {
         keepalive_max: args.keepalive_max,
         nodelay: true,
         // What one channel may hold in the server when its target reads slower
-        // than the client sends: russh re-opens the window as data arrives, and
-        // data waits in a queue of `channel_buffer_size` packets (russh's default,
-        // 100) before the connection stops reading; with the packet size enforced
-        // (vendor/patches/0002) that is at most 3.2 MiB per channel. A shorter
-        // queue (one window, 64 packets) was tried: it made russh's two-way stall
-        // (SECURITY.md, known limits) likelier under load, and a 16 MiB echo test
-        // hung on a busy machine. Re-opening the window on consumption is the fix.
+        // than the client sends: one window, re-opened only as the tunnel
+        // consumes (vendor/patches/0004); the window and packet size are enforced
+        // (0002, 0004), so a client that ignores them is disconnected. The queue
+        // keeps russh's 100 packets, room for a window of full packets.
         window_size: WINDOW_SIZE,
         maximum_packet_size: MAXIMUM_PACKET_SIZE,
         channel_buffer_size: CHANNEL_QUEUE,

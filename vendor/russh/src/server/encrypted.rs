@@ -71,10 +71,6 @@ impl Session {
         handler: &mut H,
         buf: &[u8],
     ) -> Result<(), H::Error> {
-        // PATCH(fargate-bastion): `incoming_packet` is only used when it is `buf`.
-        if self.incoming_packet.as_ptr() != buf.as_ptr() || self.incoming_packet.len() != buf.len() {
-            self.incoming_packet = Bytes::new();
-        }
         let rejection_wait_until =
             tokio::time::Instant::now() + self.common.config.auth_rejection_time;
         let initial_none_rejection_wait_until = if self.common.auth_attempts == 0 {

@@ -197,7 +197,10 @@ def stop_reading():
 def login():
     import paramiko
 
-    t = paramiko.Transport((HOST, ARGS.port))
+    s = socket.create_connection((HOST, ARGS.port), timeout=10)
+    # Without it, every small message waits for the server's delayed ACK (about 20 ms a channel).
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    t = paramiko.Transport(s)
     # The host key is not what these tests are about (tests/clients.rs pins it).
     t.start_client(timeout=10)
     t.auth_publickey(ARGS.user, paramiko.Ed25519Key.from_private_key_file(ARGS.key))
@@ -378,7 +381,72 @@ def push():
           "stalled": t.is_active() and any(s.is_alive() for s in senders)})
 
 
+def churn():
+    """Opens and closes --count channels on one connection, three kinds in turn: an exec the
+    server refuses and closes, a tunnel to --closing-port whose target hangs up at once (the
+    server closes the channel), and a tunnel to the echo target that this client closes after
+    one echoed byte. Prints READY after the first --warmup channels and again after all of
+    them, each time waiting for a line on stdin; then a last line with the counts."""
+    t = login()
+    seen = {"refused": 0, "target_closed": 0, "client_closed": 0}
+
+    def one(i):
+        kind = i % 3
+        if kind == 0:
+            chan = t.open_session(timeout=ARGS.timeout)
+            chan.exec_command("true")
+            assert chan.recv_exit_status() == 1
+            chan.close()
+            seen["refused"] += 1
+        elif kind == 1:
+            chan = t.open_channel("direct-tcpip", (ARGS.target_host, ARGS.closing_port), ("127.0.0.1", 40000),
+                                  timeout=ARGS.timeout)
+            assert chan.recv(1) == b""
+            chan.close()
+            seen["target_closed"] += 1
+        else:
+            chan = t.open_channel("direct-tcpip", (ARGS.target_host, ARGS.target_port), ("127.0.0.1", 40000),
+                                  timeout=ARGS.timeout)
+            chan.sendall(b"x")
+            assert chan.recv(1) == b"x"
+            chan.close()
+            seen["client_closed"] += 1
+
+    for i in range(ARGS.warmup):
+        one(i)
+    print("READY " + json.dumps(dict(seen, alive=alive(t))), flush=True)
+    sys.stdin.readline()
+    for i in range(ARGS.warmup, ARGS.count):
+        one(i)
+    print("READY " + json.dumps(dict(seen, alive=alive(t))), flush=True)
+    sys.stdin.readline()
+    t.close()
+    out(**seen)
+
+
+def cancel():
+    """Opens --count tunnels one after another and closes each as soon as it is open, the
+    way a browser on `ssh -D` cancels streams; the target never says anything. Counts the
+    tunnels the server opened and refused."""
+    import paramiko
+
+    t = login()
+    seen = {"opened": 0, "refused": []}
+    for _ in range(ARGS.count):
+        try:
+            chan = t.open_channel("direct-tcpip", (ARGS.target_host, ARGS.target_port), ("127.0.0.1", 40000),
+                                  timeout=ARGS.timeout)
+        except paramiko.ChannelException as e:
+            seen["refused"].append(e.text)
+            continue
+        seen["opened"] += 1
+        chan.close()
+    out(alive=alive(t), **seen)
+
+
 MODES = {
+    "cancel": cancel,
+    "churn": churn,
     "random-banner": random_banner,
     "endless-banner": endless_banner,
     "oversized-packet": oversized_packet,
@@ -400,6 +468,8 @@ if __name__ == "__main__":
     p.add_argument("--target-host", default="127.0.0.1")
     p.add_argument("--target-port", type=int)
     p.add_argument("--count", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--closing-port", type=int)
     p.add_argument("--bytes", type=int, default=1 << 30)
     p.add_argument("--packet", type=int, default=32768)
     p.add_argument("--ignore-window", action="store_true")

@@ -671,6 +671,11 @@ impl Handler for ConnectionHandler {
     }
 
     async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        // A tunnel ends with its channel, target connection included: a browser
+        // on `-D` that cancels streams must not run into --max-channels.
+        if let Some(closer) = self.tunnel_closers.remove(&channel) {
+            let _ = closer.send(());
+        }
         self.sessions.remove(&channel);
         self.signals.set_session(channel, false);
         Ok(())

@@ -1174,6 +1174,13 @@ impl Session {
 
     /// Close a channel.
     pub fn close(&mut self, channel: ChannelId) -> Result<(), Error> {
+        // PATCH(fargate-bastion): forget the channel's sender now. Once our
+        // CHANNEL_CLOSE is sent the channel is gone from the protocol table, so
+        // the peer's answering CLOSE fails `is_established_channel` and never
+        // reached the removal in the CHANNEL_CLOSE handler: every channel the
+        // server closed itself stayed in `channels` for the life of the
+        // connection (about 3.3 KB each), unseen by anything that counts them.
+        self.channels.remove(&channel);
         if let Some(ref mut enc) = self.common.encrypted {
             enc.close(channel)
         } else {

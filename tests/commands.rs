@@ -362,15 +362,66 @@ fn gives_up_root_after_binding_and_before_accepting() {
         assert_eq!(proc_status(&status, "Groups"), "");
         assert_eq!(proc_status(&status, "CapPrm"), "0000000000000000");
         assert_eq!(proc_status(&status, "CapEff"), "0000000000000000");
+        assert_eq!(proc_status(&status, "CapAmb"), "0000000000000000");
     } else {
         assert!(events.iter().any(|e| e == "server.unprivileged"), "{events:?}");
     }
     let tasks: Vec<_> = std::fs::read_dir(status.with_file_name("task")).unwrap().map(|t| t.unwrap().path()).collect();
     assert!(tasks.len() > 1, "the async runtime's threads: {tasks:?}");
     for task in tasks {
-        assert_eq!(proc_status(&task.join("status"), "NoNewPrivs"), "1", "{task:?}");
+        let task_status = task.join("status");
+        assert_eq!(proc_status(&task_status, "NoNewPrivs"), "1", "{task:?}");
+        if root {
+            // Capabilities are per thread: every thread of the runtime has none.
+            for set in ["CapPrm", "CapEff", "CapAmb"] {
+                assert_eq!(proc_status(&task_status, set), "0000000000000000", "{set} of {task:?}");
+            }
+        }
     }
     assert!(logs_in(&server, &key), "{}", server.proc.stderr().text());
+}
+
+/// Root whose uid change leaves the capabilities in place must not serve. `setpriv` sets
+/// SECBIT_NO_SETUID_FIXUP (exec keeps it, and the kernel then clears no capability when
+/// the uids change), keeps only SETGID and NET_BIND_SERVICE, and makes the real uid 65534,
+/// so that `setresuid` needs no CAP_SETUID and `setuid(0)` fails afterwards: the ids and
+/// that check pass, yet both capabilities are still effective (CapEff 0000000000000440).
+#[test]
+fn capabilities_left_after_the_uid_change_stop_the_server() {
+    if !is_root() {
+        eprintln!("skipped: only root can start bastion-sshd with capabilities to give up");
+        return;
+    }
+    let setpriv = require("setpriv", "util-linux");
+    let (dir, key) = setup();
+    let keys = dir.path().join("authorized_keys");
+    std::fs::write(&keys, format!("{}\n", key.public_line)).unwrap();
+    let mut cmd = Command::new(setpriv);
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("BASTION_") {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.args(["--securebits", "+no_setuid_fixup", "--bounding-set", "-all,+setgid,+net_bind_service"])
+        .args(["--inh-caps", "-all", "--ruid", "65534", "--"])
+        .arg(bastion_bin())
+        .args(["run", "--log-format", "json", "--listen", "127.0.0.1:0", "--authorized-keys"])
+        .arg(&keys);
+    let mut proc = Proc::spawn(cmd, std::process::Stdio::null());
+    let outcome = ["server.listening", "server.error"];
+    let last = proc.stderr().wait_for(READY, |l| event(l).is_some_and(|e| outcome.contains(&e.as_str())));
+    if last.as_deref().and_then(event).as_deref() == Some("server.listening") {
+        let status = std::path::PathBuf::from(format!("/proc/{}/status", proc.child.id()));
+        let (uid, eff) = (proc_status(&status, "Uid"), proc_status(&status, "CapEff"));
+        panic!("serves as uid {uid} with CapEff {eff}:\n{}", proc.stderr().text());
+    }
+    let exit = proc.wait_exit(READY).expect("bastion-sshd exits");
+    let log = proc.stderr().text();
+    assert_eq!(exit.code(), Some(1), "{log}");
+    let want = "giving up root: capabilities left after the uid change: \
+                CapPrm 0000000000000440, CapEff 0000000000000440 (is SECBIT_NO_SETUID_FIXUP set?)";
+    let error = log.lines().find(|l| event(l).as_deref() == Some("server.error")).unwrap_or_default();
+    assert_eq!(json(error)["message"], want, "{log}");
 }
 
 #[test]

@@ -11,8 +11,13 @@
 //!
 //! - supplementary groups cleared, then real, effective and saved gid and uid
 //!   set (a uid change from 0 clears every capability);
+//! - the ambient capability set cleared explicitly (`PR_CAP_AMBIENT_CLEAR_ALL`);
 //! - `PR_SET_NO_NEW_PRIVS`, so nothing can regain privileges through exec;
-//! - checked: the ids are what was asked and `setuid(0)` fails.
+//! - checked: the ids are what was asked, the permitted, effective and ambient
+//!   capability sets in `/proc/thread-self/status` are empty, and `setuid(0)`
+//!   fails. The kernel clears the capabilities only without
+//!   `SECBIT_NO_SETUID_FIXUP`, which a parent can set and exec preserves, so
+//!   the server reads what is left rather than assuming it.
 //!
 //! Started as another user (a laptop, a test), nothing changes but
 //! `no_new_privs`.
@@ -70,6 +75,7 @@ pub fn drop_root(run_as: RunAs) -> Result<Outcome, String> {
         setgroups(&[]).map_err(|e| format!("setgroups([]): {e}"))?;
         setresgid(gid, gid, gid).map_err(|e| format!("setresgid({gid}): {e}"))?;
         setresuid(uid, uid, uid).map_err(|e| format!("setresuid({uid}): {e}"))?;
+        clear_ambient_capabilities()?;
         verify(run_as)?;
         Outcome::Dropped(run_as)
     } else {
@@ -79,7 +85,52 @@ pub fn drop_root(run_as: RunAs) -> Result<Outcome, String> {
     Ok(outcome)
 }
 
-/// Trust, but check: every id is `run_as`, no supplementary group is left, and root cannot be regained.
+/// Empties the ambient set, the capabilities a thread would pass to a program
+/// it executes. The uid change clears it too, unless `SECBIT_NO_SETUID_FIXUP`.
+fn clear_ambient_capabilities() -> Result<(), String> {
+    use nix::libc::{PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, c_ulong, prctl};
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL reads no memory; the kernel requires the unused arguments to be 0.
+    let rc =
+        unsafe { prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL as c_ulong, 0 as c_ulong, 0 as c_ulong, 0 as c_ulong) };
+    nix::errno::Errno::result(rc).map(drop).map_err(|e| format!("prctl(PR_CAP_AMBIENT_CLEAR_ALL): {e}"))
+}
+
+/// Capabilities are per thread: this thread's, which is the only one (see [`drop_root`]).
+const STATUS: &str = "/proc/thread-self/status";
+
+/// The capability sets of [`STATUS`] that must be empty once root is given up.
+/// CapInh is not among them: the uid change does not clear it, container
+/// runtimes before the fix for CVE-2022-24769 filled it, and it grants nothing
+/// without an exec, which `no_new_privs` keeps from gaining capabilities. CapBnd
+/// only limits what could be gained.
+const MUST_BE_EMPTY: [&str; 3] = ["CapPrm", "CapEff", "CapAmb"];
+
+/// Judges a `/proc/…/status` text: every set in [`MUST_BE_EMPTY`] is there and
+/// empty. A set that is missing or unreadable is refused too: what cannot be
+/// checked is not assumed empty.
+fn no_capabilities_left(status: &str) -> Result<(), String> {
+    let mut left = Vec::new();
+    for field in MUST_BE_EMPTY {
+        let value = status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .map(str::trim)
+            .ok_or_else(|| format!("{field} is missing from {STATUS}, so the capabilities cannot be checked"))?;
+        let set = u64::from_str_radix(value, 16)
+            .map_err(|_| format!("{field} {value:?} in {STATUS} is not a hexadecimal capability set"))?;
+        if set != 0 {
+            left.push(format!("{field} {value}"));
+        }
+    }
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("capabilities left after the uid change: {} (is SECBIT_NO_SETUID_FIXUP set?)", left.join(", ")))
+    }
+}
+
+/// Trust, but check: every id is `run_as`, no supplementary group or
+/// capability is left, and root cannot be regained.
 fn verify(run_as: RunAs) -> Result<(), String> {
     let uids = getresuid().map_err(|e| format!("getresuid: {e}"))?;
     let gids = getresgid().map_err(|e| format!("getresgid: {e}"))?;
@@ -92,6 +143,8 @@ fn verify(run_as: RunAs) -> Result<(), String> {
     if groups.iter().any(|g| g.as_raw() != run_as.gid) {
         return Err(format!("supplementary groups left after setgroups([]): {groups:?}"));
     }
+    let status = std::fs::read_to_string(STATUS).map_err(|e| format!("cannot read {STATUS}: {e}"))?;
+    no_capabilities_left(&status)?;
     if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
         return Err("setuid(0) succeeded after dropping root".into());
     }
@@ -109,6 +162,57 @@ mod tests {
         for bad in ["0:0", "0:65534", "65534:0", "nobody:nogroup", "65534", "65534:", ":1", "-1:-1", "1:2:3"] {
             let err = bad.parse::<RunAs>().unwrap_err();
             assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    /// The capability lines of a /proc status, the other lines around them as the kernel writes them.
+    fn status(inh: &str, prm: &str, eff: &str, amb: &str) -> String {
+        format!(
+            "Name:\tbastion-sshd\nUid:\t65534\t65534\t65534\t65534\nGid:\t65534\t65534\t65534\t65534\n\
+             Groups:\t\nCapInh:\t{inh}\nCapPrm:\t{prm}\nCapEff:\t{eff}\nCapBnd:\t000001ffffffffff\n\
+             CapAmb:\t{amb}\nNoNewPrivs:\t0\nSeccomp:\t0\n"
+        )
+    }
+
+    const ZERO: &str = "0000000000000000";
+
+    #[test]
+    fn no_capability_left_passes_whatever_the_bounding_and_inheritable_sets() {
+        assert_eq!(no_capabilities_left(&status(ZERO, ZERO, ZERO, ZERO)), Ok(()));
+        assert_eq!(no_capabilities_left(&status("000001ffffffffff", ZERO, ZERO, ZERO)), Ok(()));
+    }
+
+    #[test]
+    fn any_capability_left_is_refused_naming_the_set_and_its_value() {
+        let err = no_capabilities_left(&status(ZERO, ZERO, "0000000000000400", ZERO)).unwrap_err();
+        assert!(err.contains("CapEff 0000000000000400"), "{err}");
+        assert!(!err.contains("CapPrm") && !err.contains("CapAmb"), "{err}");
+        let err = no_capabilities_left(&status(ZERO, "0000000000000400", ZERO, ZERO)).unwrap_err();
+        assert!(err.contains("CapPrm 0000000000000400"), "{err}");
+        let err = no_capabilities_left(&status(ZERO, ZERO, ZERO, "0000000000000400")).unwrap_err();
+        assert!(err.contains("CapAmb 0000000000000400"), "{err}");
+        // Every set left is named, not only the first.
+        let kept = "0000000000000440";
+        let err = no_capabilities_left(&status(ZERO, kept, kept, ZERO)).unwrap_err();
+        assert!(err.contains("CapPrm 0000000000000440, CapEff 0000000000000440"), "{err}");
+    }
+
+    #[test]
+    fn a_set_that_cannot_be_read_is_refused() {
+        let full = status(ZERO, ZERO, ZERO, ZERO);
+        for field in MUST_BE_EMPTY {
+            let without: String = full.lines().filter(|l| !l.starts_with(field)).map(|l| format!("{l}\n")).collect();
+            let err = no_capabilities_left(&without).unwrap_err();
+            assert!(err.starts_with(&format!("{field} is missing from")), "{field}: {err}");
+        }
+        let err = no_capabilities_left("").unwrap_err();
+        assert!(err.contains("missing"), "{err}");
+        // Not mistaken for a field whose name it starts with, nor read from a malformed value.
+        let err = no_capabilities_left(&full.replace("CapAmb:", "CapAmbient:")).unwrap_err();
+        assert!(err.starts_with("CapAmb is missing"), "{err}");
+        for bad in ["", "zz", "-1", "10000000000000000"] {
+            let err = no_capabilities_left(&status(ZERO, ZERO, bad, ZERO)).unwrap_err();
+            assert!(err.starts_with("CapEff ") && err.contains("not a hexadecimal"), "{bad:?}: {err}");
         }
     }
 }

@@ -464,6 +464,35 @@ fn bad_host_key_files_stop_the_server_naming_the_file_and_the_reason() {
     }
 }
 
+#[test]
+fn a_blank_bastion_host_key_is_refused_not_taken_for_an_ephemeral_key() {
+    let dir = bastion_tests::tempdir();
+    let key = ClientKey::generate(dir.path(), "alice", "ed25519", None);
+    let keys = dir.path().join("authorized_keys");
+    std::fs::write(&keys, format!("{}\n", key.public_line)).unwrap();
+    let ephemeral = "host key: none configured; an ephemeral key would be generated";
+    let expected =
+        "host key BASTION_HOST_KEY: the variable is set but empty, which would mean a new ephemeral host key";
+    for (name, value) in [("empty", ""), ("blank", "  \n")] {
+        let mut cmd = bastion(&["check-config", "--authorized-keys", s(&keys)]);
+        cmd.env("BASTION_HOST_KEY", value);
+        let checked = run_to_exit(name, cmd);
+        let shown = checked.stdout.lines().find(|l| l.contains("BASTION_HOST_KEY"));
+        eprintln!("{name}: check-config exit {:?}: {shown:?}", checked.code);
+        assert_eq!(checked.code, Some(1), "{name}: {}", checked.stdout);
+        assert!(shown.is_some_and(|l| l.trim_start().starts_with(expected)), "{name}: {}", checked.stdout);
+        assert!(!checked.stdout.contains(ephemeral), "{name}: {}", checked.stdout);
+        let mut cmd = bastion(&["run", "--authorized-keys", s(&keys)]);
+        cmd.env("BASTION_HOST_KEY", value);
+        let ran = assert_run_refused(name, cmd, &[expected]);
+        assert!(!ran.stderr.contains("hostkey.ephemeral"), "{name}: {}", ran.stderr);
+    }
+    // Unset, and only then, the ephemeral key is still there (with its warning).
+    let checked = run_to_exit("unset", bastion(&["check-config", "--authorized-keys", s(&keys)]));
+    assert_eq!(checked.code, Some(0), "{}", checked.stdout);
+    assert!(checked.stdout.contains(ephemeral), "{}", checked.stdout);
+}
+
 /// check-config's output, and its problem line for each line of an authorized_keys file holding `lines`.
 fn problems_of(dir: &Path, lines: &[String]) -> (Vec<String>, String) {
     let path = dir.join(format!("authorized_keys.{}", unique()));

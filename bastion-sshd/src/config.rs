@@ -1,11 +1,12 @@
 //! Everything the server loads at start, in one place, so that `run` and
 //! `check-config` load exactly the same things the same way.
 
+use std::env::VarError;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::cli::{ENV_HOST_KEY_TEXT, ServerArgs};
 use crate::hostkey::{self, HostKey, HostKeyError, Source};
-use crate::keys::{KeySources, KeyStore, LoadProblems, non_empty_env};
+use crate::keys::{KeySources, KeyStore, LoadProblems};
 use crate::limits::Limits;
 use crate::policy::{PermitList, Policy};
 
@@ -55,11 +56,17 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn load(args: &ServerArgs) -> Self {
-        let env_host_key = non_empty_env(ENV_HOST_KEY_TEXT);
-        let (host_keys, host_key_errors) = match hostkey::load(&args.host_keys, env_host_key.as_deref()) {
+        // Read here, not through clap nor `non_empty_env`, which take blank for
+        // unset: a blank BASTION_HOST_KEY must be refused, not mean an ephemeral key.
+        let env_text = std::env::var(ENV_HOST_KEY_TEXT);
+        let (mut host_keys, mut host_key_errors) = match hostkey::load(&args.host_keys, env_text.as_deref().ok()) {
             Ok(keys) => (keys, Vec::new()),
             Err(errors) => (Vec::new(), errors),
         };
+        if let Err(VarError::NotUnicode(_)) = env_text {
+            host_keys.clear();
+            host_key_errors.push(HostKeyError { source: Source::Env, reason: "the variable is not UTF-8 text".into() });
+        }
         let key_sources = KeySources::from_args(args);
         let (keys, key_problems) = key_sources.load();
         let listen = if args.listen.is_empty() { Listen::Default } else { Listen::Explicit(args.listen.clone()) };

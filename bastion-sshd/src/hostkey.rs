@@ -60,8 +60,13 @@ impl fmt::Display for HostKeyError {
 
 impl std::error::Error for HostKeyError {}
 
+/// Why a `BASTION_HOST_KEY` that is set but blank is refused.
+pub const SET_BUT_EMPTY: &str = "the variable is set but empty, which would mean a new ephemeral host key at \
+    every start; set it to the private key text (`bastion-sshd keygen`), or unset it";
+
 /// Loads every configured host key. Any unusable key is an error: a server
 /// that silently drops one of its host keys changes identity for some clients.
+/// `env_text` is `BASTION_HOST_KEY` as set, blank included: blank is an error.
 pub fn load(files: &[PathBuf], env_text: Option<&str>) -> Result<Vec<HostKey>, Vec<HostKeyError>> {
     let mut keys = Vec::new();
     let mut errors = Vec::new();
@@ -72,7 +77,11 @@ pub fn load(files: &[PathBuf], env_text: Option<&str>) -> Result<Vec<HostKey>, V
         }
     }
     if let Some(text) = env_text {
-        match parse(text) {
+        // Set but blank is a mistake (an empty secret, a template variable that
+        // was not filled in), never "no host key": that would mean a new
+        // ephemeral key, a new server identity, at every start.
+        let blank = text.trim_start_matches('\u{feff}').trim().is_empty();
+        match if blank { Err(SET_BUT_EMPTY.to_string()) } else { parse(text) } {
             Ok(key) => keys.push(HostKey { key, source: Source::Env }),
             Err(reason) => errors.push(HostKeyError { source: Source::Env, reason }),
         }
@@ -186,5 +195,15 @@ mod tests {
         assert_eq!(errs.len(), 2);
         assert!(errs[0].to_string().starts_with("host key /nonexistent/key: cannot read"));
         assert!(errs[1].to_string().starts_with("host key BASTION_HOST_KEY: not an OpenSSH"));
+    }
+
+    #[test]
+    fn a_blank_env_text_is_an_error_not_no_key() {
+        for blank in ["", " ", "  \n", "\r\n\t", "\u{feff}\n"] {
+            let errs = load(&[], Some(blank)).err().unwrap_or_else(|| panic!("{blank:?} accepted"));
+            assert_eq!(errs.len(), 1, "{blank:?}");
+            assert_eq!(errs[0].to_string(), format!("host key BASTION_HOST_KEY: {SET_BUT_EMPTY}"), "{blank:?}");
+        }
+        assert!(load(&[], None).is_ok_and(|keys| keys.is_empty()), "nothing configured: no key, no error");
     }
 }

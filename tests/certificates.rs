@@ -142,6 +142,29 @@ fn source_address_and_critical_options() {
     assert!(logged_in(&login_as(&server, &s.user, "alice")));
 }
 
+/// sshd reads source-address as addresses and CIDR ranges only
+/// (addr_match_cidr_list), and refuses a certificate whose list is anything
+/// else; authorized_keys' `from=` patterns (`*`, `?`, `!`) are not allowed.
+#[test]
+fn source_address_patterns_refuse_the_certificate() {
+    let s = setup();
+    let server = server_trusting_ca(&s, &[]);
+    // ssh-keygen refuses `-O source-address=*` itself ("Invalid source-address
+    // list"); `critical:source-address=` writes the same option unchecked, as
+    // another CA could.
+    for (i, list) in ["*", "127.0.0.*", "127.0.0.1/8"].into_iter().enumerate() {
+        let id = format!("pattern-{i}");
+        sign_certificate(&s.ca, &s.user, &id, "alice", &["-O", &format!("critical:source-address={list}")]);
+        assert!(!logged_in(&login_as(&server, &s.user, "alice")), "source-address={list} logged in");
+        let refused = server.wait_event("auth.refused", |e| e["cert_key_id"] == id.as_str());
+        let reason = refused["reason"].as_str().unwrap();
+        assert!(reason.contains("source-address") && reason.contains(&format!("{list:?}")), "{refused}");
+    }
+    // The same CA, the same key, a plain address list: logs in.
+    sign_certificate(&s.ca, &s.user, "plain", "alice", &["-O", "source-address=192.0.2.0/24,127.0.0.1,::1"]);
+    assert!(logged_in(&login_as(&server, &s.user, "alice")));
+}
+
 #[test]
 fn a_certificate_without_port_forwarding_cannot_tunnel() {
     let s = setup();

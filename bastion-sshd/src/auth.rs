@@ -14,7 +14,8 @@ use crate::policy::KeyRights;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::options::FromList;
+use ipnet::IpNet;
+
 use crate::policy::canonical;
 
 /// Who is on the other end of an authenticated connection. Every audit event
@@ -200,8 +201,8 @@ pub fn check_certificate(
             return Err(refuse(format!("unknown critical option {name:?}")));
         }
         if name == "source-address" {
-            let from = FromList::parse(value).map_err(|e| refuse(format!("bad source-address: {e}")))?;
-            if !from.matches(peer) {
+            let allowed = SourceAddresses::parse(value).map_err(refuse)?;
+            if !allowed.matches(peer) {
                 return Err(refuse(format!("source-address {value:?} does not allow {}", canonical(peer))));
             }
         }
@@ -229,6 +230,64 @@ pub fn check_certificate(
             valid_before: cert.valid_before_time(),
         }),
     })
+}
+
+/// A certificate's `source-address` critical option, read as sshd's
+/// addr_match_cidr_list reads it: a comma-separated list of IPv4/IPv6
+/// addresses and CIDR ranges, nothing else. Unlike authorized_keys' `from=`
+/// there are no `*`/`?` wildcards, no `!` negation and no names, and any
+/// malformed entry refuses the certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceAddresses(Vec<IpNet>);
+
+impl SourceAddresses {
+    /// sshd's limit on one entry: INET6_ADDRSTRLEN plus a `/128`.
+    const MAX_ENTRY: usize = 46 + 3;
+
+    /// The error names the option, the list and the first bad entry.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let bad = |entry: &str, why: &str| format!("invalid source-address {list:?}: entry {entry:?} {why}");
+        let mut nets = Vec::new();
+        for entry in list.split(',') {
+            if entry.is_empty() {
+                return Err(bad(entry, "is empty (stray comma)"));
+            }
+            if entry.len() > Self::MAX_ENTRY {
+                return Err(bad(entry, "is too long"));
+            }
+            if !entry.chars().all(|c| c.is_ascii_hexdigit() || ".:/".contains(c)) {
+                return Err(bad(entry, "is not an address or CIDR range (no wildcards, negation or names)"));
+            }
+            let (addr, prefix) = match entry.split_once('/') {
+                Some((addr, prefix)) => (addr, Some(prefix)),
+                None => (entry, None),
+            };
+            let addr: IpAddr = addr.parse().map_err(|_| bad(entry, "is not an IPv4 or IPv6 address"))?;
+            let net = match prefix {
+                None => IpNet::from(addr),
+                Some(p) => {
+                    let len = p
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|_| p.bytes().all(|b| b.is_ascii_digit()))
+                        .ok_or_else(|| bad(entry, "has an invalid prefix length"))?;
+                    IpNet::new(addr, len).map_err(|_| bad(entry, "has a prefix length out of range"))?
+                }
+            };
+            // sshd refuses "10.0.0.1/8" ("Inconsistent mask length") rather than guess.
+            if net.trunc() != net {
+                return Err(bad(entry, &format!("has host bits set (the network is {})", net.trunc())));
+            }
+            nets.push(net);
+        }
+        Ok(Self(nets))
+    }
+
+    /// Whether the (canonical: IPv4-mapped as IPv4) peer is in any entry.
+    pub fn matches(&self, peer: IpAddr) -> bool {
+        let peer = canonical(peer);
+        self.0.iter().any(|net| net.contains(&peer))
+    }
 }
 
 #[cfg(test)]
@@ -270,5 +329,55 @@ mod tests {
         // Same comment as alice's line, different key material.
         let mallory = PublicKey::from_openssh(&BOB.replace(" bob", " alice@laptop")).unwrap();
         assert!(check(&keys(), "alice", &mallory, &Algorithm::Ed25519, PEER, SystemTime::now()).is_err());
+    }
+
+    #[test]
+    fn source_address_lists_addresses_and_cidr_ranges() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let list = SourceAddresses::parse("10.0.0.0/8,192.0.2.1,2001:db8::/32,::1").unwrap();
+        assert!(list.matches(ip("10.200.0.1")));
+        assert!(list.matches(ip("192.0.2.1")));
+        assert!(!list.matches(ip("192.0.2.2")));
+        assert!(list.matches(ip("2001:db8:1::7")));
+        assert!(list.matches(ip("::1")));
+        assert!(list.matches(ip("::ffff:10.1.2.3")), "IPv4-mapped peers are judged as IPv4");
+        assert!(!list.matches(ip("203.0.113.9")));
+        assert!(SourceAddresses::parse("0.0.0.0/0,::/0").unwrap().matches(PEER));
+        assert!(SourceAddresses::parse("203.0.113.9/32").unwrap().matches(PEER));
+    }
+
+    #[test]
+    fn source_address_refuses_what_sshd_refuses() {
+        for (list, entry) in [
+            ("*", "*"),
+            ("127.0.0.*", "127.0.0.*"),
+            ("10.0.0.?", "10.0.0.?"),
+            ("!10.0.0.0/8", "!10.0.0.0/8"),
+            ("10.0.0.0/8,!10.9.0.0/16", "!10.9.0.0/16"),
+            ("localhost", "localhost"),
+            ("bastion.example.com", "bastion.example.com"),
+            ("", ""),
+            ("10.0.0.1,", ""),
+            (",10.0.0.1", ""),
+            ("10.0.0.1,,10.0.0.2", ""),
+            ("10.0.0.1, 10.0.0.2", " 10.0.0.2"),
+            ("10.0.0.0/33", "10.0.0.0/33"),
+            ("2001:db8::/129", "2001:db8::/129"),
+            ("10.0.0.0/", "10.0.0.0/"),
+            ("10.0.0.0/8/8", "10.0.0.0/8/8"),
+            ("10.0.0.0/999", "10.0.0.0/999"),
+            ("10.0.0.1/8", "10.0.0.1/8"),
+            ("2001:db8::1/32", "2001:db8::1/32"),
+            ("10.0.0", "10.0.0"),
+            ("abc", "abc"),
+            ("fe80::1%eth0", "fe80::1%eth0"),
+            ("1111:2222:3333:4444:5555:6666:7777:8888:9999/128", "1111:2222:3333:4444:5555:6666:7777:8888:9999/128"),
+        ] {
+            let err = SourceAddresses::parse(list).unwrap_err();
+            assert!(err.starts_with(&format!("invalid source-address {list:?}: entry {entry:?} ")), "{list:?}: {err}");
+        }
+        assert!(SourceAddresses::parse("10.0.0.1/8").unwrap_err().contains("the network is 10.0.0.0/8"));
+        let long = format!("{}1", "0".repeat(49));
+        assert!(SourceAddresses::parse(&long).unwrap_err().ends_with("is too long"));
     }
 }

@@ -221,6 +221,8 @@ pub fn has_unclosed_quote(text: &str) -> bool {
 }
 
 /// `from="pattern-list"`: addresses with `*`/`?` wildcards, CIDR ranges, `!` negation.
+/// Only for authorized_keys: a certificate's `source-address` is stricter
+/// (addresses and CIDR ranges only, as in sshd), see `auth::SourceAddresses`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FromList {
     patterns: Vec<(bool, FromPattern)>,

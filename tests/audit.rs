@@ -1,6 +1,8 @@
-//! ssh-audit (PyPI, pinned by tests/ci.sh) against the running server.
+//! ssh-audit (PyPI, pinned by tests/ci.sh) against the running server; and
+//! the audit log itself: in the text format, what a client sends can never
+//! start a line of its own.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use bastion_tests::*;
 use serde_json::Value;
@@ -85,4 +87,85 @@ fn post_quantum_only_passes_ssh_audit_cleanly() {
     let out = server.ssh_output(&key, &[&server.destination("ops"), "true"]);
     assert_eq!(out.status.code(), Some(255));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no matching key exchange method"));
+}
+
+/// Logs in with paramiko (python3 on PATH, as tests/hostile.rs) as `user`,
+/// asks for a tunnel the policy refuses and one to a malformed host, and
+/// closes. paramiko sends any user name, control characters included.
+const HOSTILE_NAMES: &str = r#"
+import sys, paramiko
+port, key, user = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+t = paramiko.Transport(("127.0.0.1", port))
+t.start_client(timeout=10)
+t.auth_publickey(user, paramiko.Ed25519Key.from_private_key_file(key))
+assert t.is_authenticated()
+for host in ["127.0.0.1", "db\nFAKE event=tunnel.opened\r"]:
+    try:
+        t.open_channel("direct-tcpip", (host, 5432), ("127.0.0.1", 40000), timeout=10)
+    except paramiko.ChannelException as e:
+        print("refused", host.encode(), e.code, flush=True)
+t.close()
+"#;
+
+/// The start of a text-format event line: `2026-01-02T03:04:05.678901Z  INFO `.
+fn starts_like_an_event(line: &str) -> bool {
+    let Some((timestamp, rest)) = line.split_once(' ') else { return false };
+    let shape: String = timestamp.chars().map(|c| if c.is_ascii_digit() { '9' } else { c }).collect();
+    let level = rest.trim_start().split(' ').next().unwrap_or("");
+    shape.starts_with("9999-99-99T99:99:99.")
+        && shape.ends_with('Z')
+        && ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level)
+}
+
+#[test]
+fn text_log_lines_cannot_be_forged_through_a_user_name() {
+    require("python3", "python3");
+    let probe = Command::new("python3").args(["-c", "import paramiko"]).output().expect("python3");
+    assert!(probe.status.success(), "python3 on PATH cannot import paramiko (tests/ci.sh installs it)");
+    let dir = bastion_tests::tempdir();
+    let key = ClientKey::generate(dir.path(), "ops", "ed25519", None);
+    let keys = dir.path().join("authorized_keys");
+    std::fs::write(&keys, format!("{}\n", key.public_line)).unwrap();
+
+    // Not ServerBuilder: its log is JSON, and this is about the text format.
+    let mut cmd = Command::new(bastion_bin());
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("BASTION_") || var == "RUST_LOG" {
+            cmd.env_remove(var);
+        }
+    }
+    // No colours: then no escape character at all belongs in the output.
+    cmd.env("NO_COLOR", "1")
+        .args(["run", "--log-format", "text", "--listen", "127.0.0.1:0", "--penalty", "0s", "--authorized-keys"])
+        .arg(&keys);
+    let mut server = Proc::spawn(cmd, Stdio::null());
+    let listening = server
+        .stderr()
+        .wait_for(READY, |l| l.contains("event=\"server.listening\""))
+        .unwrap_or_else(|| panic!("server did not start listening:\n{}", server.stderr().text()));
+    let port = listening.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).expect("listening port");
+
+    let user = "ops\nFAKE event=auth.accepted user=root\r\u{1b}[2K\u{85}\u{2028}x";
+    let out = Command::new("python3")
+        .args(["-c", HOSTILE_NAMES, &port.to_string()])
+        .arg(&key.private)
+        .arg(user)
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "paramiko: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.matches("refused").count(), 2, "{stdout}");
+    server.stderr().wait_for(READY, |l| l.contains("event=\"connection.closed\"")).expect("connection.closed");
+    server.signal("TERM");
+    assert!(server.wait_exit(READY).is_some(), "server did not stop");
+
+    let lines = server.stderr().all();
+    assert!(lines.iter().any(|l| l.contains("event=\"tunnel.refused\"")), "{lines:#?}");
+    for line in &lines {
+        assert!(starts_like_an_event(line), "a line that is not an event:\n{line:?}\nin\n{lines:#?}");
+        assert!(!line.starts_with("FAKE"), "forged line: {line:?}");
+        assert!(!line.chars().any(|c| c.is_control() || c == '\u{2028}'), "raw control character: {line:?}");
+    }
+    // The name is still there, escaped, on the lines it belongs to.
+    assert!(lines.iter().any(|l| l.contains(r"ops\nFAKE event=auth.accepted user=root\r\x1b[2K")), "{lines:#?}");
 }

@@ -32,6 +32,18 @@ fn a_values(r53: &Emulator, zone: &str) -> Vec<String> {
 
 /// `dns-sidecar` pointed at the emulators, with a clean environment.
 fn sidecar(r53: &str, zone: &str, metadata: Option<&Metadata>, ec2: Option<&str>, args: &[&str]) -> Command {
+    sidecar_as("prod/bastion", r53, zone, metadata, ec2, args)
+}
+
+/// The same, for the deployment whose owner id is `owner`.
+fn sidecar_as(
+    owner: &str,
+    r53: &str,
+    zone: &str,
+    metadata: Option<&Metadata>,
+    ec2: Option<&str>,
+    args: &[&str],
+) -> Command {
     let mut cmd = Command::new(sidecar_bin());
     for (var, _) in std::env::vars_os() {
         let v = var.to_string_lossy();
@@ -45,7 +57,7 @@ fn sidecar(r53: &str, zone: &str, metadata: Option<&Metadata>, ec2: Option<&str>
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_ENDPOINT_URL_ROUTE_53", r53)
         .args(["--log-format", "json", "--record-name", "bastion.example.test", "--hosted-zone-id", zone])
-        .args(["--insync-poll", "100ms", "--owner-id", "prod/bastion"]);
+        .args(["--insync-poll", "100ms", "--owner-id", owner]);
     if let Some(m) = metadata {
         cmd.env("ECS_CONTAINER_METADATA_URI_V4", &m.url);
     }
@@ -166,6 +178,52 @@ fn multivalue_sidecars_each_own_and_delete_only_their_record() {
     s2.signal("TERM");
     assert_eq!(s2.wait_exit(READY).and_then(|s| s.code()), Some(0));
     assert_eq!(records(&r53, &zone), vec![]);
+}
+
+#[test]
+fn multivalue_refuses_a_name_another_owner_publishes() {
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53, ZONE_NAME);
+    let args = ["--mode", "multivalue", "--address-source", "private", "--once"];
+    // Another deployment (owner staging/bastion) publishes under the name first, as set "their-task".
+    let theirs = Metadata::start("their-task", "10.0.1.5", 0);
+    let out = sidecar_as("staging/bastion", &r53.url, &zone, Some(&theirs), None, &args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = records(&r53, &zone);
+    let marker = format!("a-{RECORD}");
+    let staging = vec!["\"heritage=dns-sidecar,owner=staging/bastion\"".to_string()];
+    assert!(before.contains(&(RECORD.into(), "A".into(), vec!["10.0.1.5".into()], Some("their-task".into()))));
+    assert!(before.contains(&(marker.clone(), "TXT".into(), staging.clone(), Some("their-task".into()))));
+
+    // Our task, set "task1": its own set identifier is free, the name is not.
+    let ours = Metadata::start("task1", "10.0.0.5", 0);
+    let out = sidecar(&r53.url, &zone, Some(&ours), None, &args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("\"event\":\"sidecar.error\""), "{stderr}");
+    assert!(stderr.contains("refusing to touch bastion.example.test."), "{stderr}");
+    assert!(stderr.contains("owned by \\\"staging/bastion\\\""), "the error names the owner: {stderr}");
+    assert!(stderr.contains("10.0.1.5") && stderr.contains("set their-task"), "and the current record: {stderr}");
+    assert!(!stderr.contains("\"event\":\"record.changing\""), "a change was sent: {stderr}");
+    assert_eq!(records(&r53, &zone), before, "the zone changed");
+
+    // --dry-run --force shows the takeover (their record and marker deleted), and sends nothing.
+    let forced = ["--mode", "multivalue", "--address-source", "private", "--force", "--dry-run"];
+    let out = sidecar(&r53.url, &zone, Some(&ours), None, &forced).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("DELETE bastion.example.test. 60 A [10.0.1.5] (set their-task)"), "{stdout}");
+    assert!(stdout.contains("CREATE bastion.example.test. 60 A [10.0.0.5] (set task1)"), "{stdout}");
+    assert_eq!(records(&r53, &zone), before, "--dry-run sent something");
+
+    // A second task of the owner of the name, with its own set identifier, still joins it.
+    let theirs2 = Metadata::start("their-task2", "10.0.1.6", 0);
+    let out = sidecar_as("staging/bastion", &r53.url, &zone, Some(&theirs2), None, &args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(a_values(&r53, &zone), vec!["10.0.1.5", "10.0.1.6"]);
+    let after = records(&r53, &zone);
+    assert!(after.contains(&(marker, "TXT".into(), staging, Some("their-task2".into()))), "{after:?}");
+    assert!(after.iter().all(|r| !r.2.iter().any(|v| v.contains("prod/bastion"))), "{after:?}");
 }
 
 #[test]

@@ -195,11 +195,12 @@ async fn desired_records(cli: &Cli, aws: &Aws, task: Option<&Task>) -> Result<Ve
     Ok(records)
 }
 
+/// Reads every set at the record name and the marker name (all set
+/// identifiers: ownership is decided for the name, not per task) and plans.
 async fn plan_for(zone: &Zone, d: &Desired, force: bool) -> Result<Plan, DnsError> {
-    let set_id = d.address.set_identifier.as_deref();
-    let address = zone.get(&d.address.name, d.address.rtype, set_id).await?;
-    let marker = zone.get(&d.marker.name, d.marker.rtype, set_id).await?;
-    Ok(ownership::plan(d, address.as_ref(), marker.as_ref(), force))
+    let addresses = zone.sets(&d.address.name, d.address.rtype).await?;
+    let markers = zone.sets(&d.marker.name, d.marker.rtype).await?;
+    Ok(ownership::plan(d, &addresses, &markers, force))
 }
 
 fn print_plan(d: &Desired, plan: &Plan) {

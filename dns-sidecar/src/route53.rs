@@ -33,6 +33,11 @@ impl std::fmt::Display for DnsError {
     }
 }
 
+/// Record sets per ListResourceRecordSets page (Route 53's maximum), and
+/// the pages read for one name and type before giving up.
+const PAGE: i32 = 300;
+const MAX_PAGES: i32 = 20;
+
 pub struct Zone {
     client: Client,
     /// `Z0123…` (a `/hostedzone/` prefix is accepted and stripped by the SDK).
@@ -78,41 +83,61 @@ impl Zone {
         }
     }
 
-    /// The record set named `name` of type `rtype` with this set identifier, if any.
-    pub async fn get(
-        &self,
-        name: &str,
-        rtype: RecordType,
-        set_identifier: Option<&str>,
-    ) -> Result<Option<RecordSet>, DnsError> {
+    /// Every record set named `name` of type `rtype`, whatever its set
+    /// identifier: who owns a name is decided over all of them (in
+    /// multivalue mode each task has its own). Follows the pages while they
+    /// stay on this name and type.
+    pub async fn sets(&self, name: &str, rtype: RecordType) -> Result<Vec<RecordSet>, DnsError> {
         let name = normalize(name);
-        let out = self
-            .client
-            .list_resource_record_sets()
-            .hosted_zone_id(&self.id)
-            .start_record_name(&name)
-            .start_record_type(sdk_type(rtype))
-            .max_items(100)
-            .send()
-            .await
-            .map_err(|e| self.classify("ListResourceRecordSets", e))?;
-        for set in out.resource_record_sets() {
-            if normalize(set.name()) != name || set.r#type() != &sdk_type(rtype) {
-                continue;
+        let mut found = Vec::new();
+        let mut start_identifier: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let out = self
+                .client
+                .list_resource_record_sets()
+                .hosted_zone_id(&self.id)
+                .start_record_name(&name)
+                .start_record_type(sdk_type(rtype))
+                .set_start_record_identifier(start_identifier.clone())
+                .max_items(PAGE)
+                .send()
+                .await
+                .map_err(|e| self.classify("ListResourceRecordSets", e))?;
+            for set in out.resource_record_sets() {
+                if normalize(set.name()) != name || set.r#type() != &sdk_type(rtype) {
+                    continue;
+                }
+                found.push(RecordSet {
+                    name: normalize(set.name()),
+                    rtype,
+                    ttl: set.ttl().unwrap_or(0),
+                    values: set.resource_records().iter().map(|r| r.value().to_string()).collect(),
+                    set_identifier: set.set_identifier().map(str::to_string),
+                    multivalue: set.multi_value_answer().unwrap_or(false),
+                });
             }
-            if set.set_identifier() != set_identifier {
-                continue;
+            let more_here = out.is_truncated()
+                && out.next_record_name().map(normalize).as_deref() == Some(name.as_str())
+                && out.next_record_type() == Some(&sdk_type(rtype));
+            if !more_here {
+                return Ok(found);
             }
-            return Ok(Some(RecordSet {
-                name: normalize(set.name()),
-                rtype,
-                ttl: set.ttl().unwrap_or(0),
-                values: set.resource_records().iter().map(|r| r.value().to_string()).collect(),
-                set_identifier: set.set_identifier().map(str::to_string),
-                multivalue: set.multi_value_answer().unwrap_or(false),
-            }));
+            let next = out.next_record_identifier().map(str::to_string);
+            if next.is_none() || next == start_identifier {
+                return Err(DnsError::Other(format!(
+                    "route53:ListResourceRecordSets on hostedzone/{}: the listing of {name} {rtype} is truncated but \
+                     its next record identifier is {next:?}; cannot read the rest",
+                    self.id
+                )));
+            }
+            start_identifier = next;
         }
-        Ok(None)
+        Err(DnsError::Other(format!(
+            "route53:ListResourceRecordSets on hostedzone/{}: more than {} record sets named {name} of type {rtype}; \
+             not deciding ownership on part of them",
+            self.id,
+            MAX_PAGES * PAGE
+        )))
     }
 
     /// Sends one change batch; returns the change id to wait on.

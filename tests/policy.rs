@@ -56,11 +56,17 @@ fn default_policy_refuses_every_spelling_of_loopback_and_metadata() {
     for ((host, shown), port) in spellings.iter().zip(&ports) {
         let line = refused_line(&ssh, *port, shown);
         assert!(line.contains("administratively prohibited"), "{host}: {line}");
-        assert!(line.contains("denied range"), "{host}: {line}");
+        // An address is told why; a name (`127.1` and `0x7f.1` are names to getaddrinfo)
+        // only that it is refused, never what it resolved to.
+        assert!(
+            line.contains("denied range") || line.ends_with(&format!("{shown} is not permitted")),
+            "{host}: {line}"
+        );
     }
     assert_eq!(echo.connection_count(), 0, "the bastion connected to a denied target");
     for (_, shown) in &spellings {
-        server.wait_event("tunnel.refused", |e| e["destination"] == shown.as_str());
+        let refused = server.wait_event("tunnel.refused", |e| e["destination"] == shown.as_str());
+        assert!(refused["reason"].as_str().unwrap().contains("denied range"), "{refused}");
     }
     assert_eq!(server.events("tunnel.refused").len(), spellings.len());
     assert!(server.events("tunnel.opened").is_empty() && server.events("tunnel.failed").is_empty());
@@ -77,8 +83,28 @@ fn a_permitted_name_resolving_to_a_denied_address_is_refused() {
     let server = server_with(&dir, &key, &format!("localhost:{}", echo.addr.port()));
     let (ssh, ports) = server.tunnel(&key, &[("localhost", echo.addr.port())], &[]);
     let line = refused_line(&ssh, ports[0], "localhost");
-    assert!(line.contains("resolves to") && line.contains("denied range"), "{line}");
+    // The client is not told what the name resolved to: the bastion is no oracle for internal DNS.
+    assert!(line.contains(&format!("localhost:{} is not permitted", echo.addr.port())), "{line}");
+    assert!(!line.contains("127.0.0.1") && !line.contains("::1") && !line.contains("resolves"), "{line}");
+    // The audit log says why.
+    let refused = server.wait_event("tunnel.refused", |_| true);
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(reason.contains("resolves to") && reason.contains("denied range"), "{refused}");
     assert_eq!(echo.connection_count(), 0);
+}
+
+#[test]
+fn refusals_never_show_the_client_what_a_name_resolved_to() {
+    // The case: a range is permitted, and a name outside it is asked for.
+    let (dir, key) = setup();
+    let server = server_with(&dir, &key, "10.1.0.0/16:5432");
+    let (ssh, ports) = server.tunnel(&key, &[("localhost", 5432)], &[]);
+    let line = refused_line(&ssh, ports[0], "localhost");
+    assert!(line.contains("localhost:5432 is not permitted"), "{line}");
+    assert!(!line.contains("127.0.0.1") && !line.contains("::1"), "{line}");
+    let refused = server.wait_event("tunnel.refused", |_| true);
+    assert!(refused["reason"].as_str().unwrap().contains("127.0.0.1"), "{refused}");
+    assert_eq!(refused["told_client"], "localhost:5432 is not permitted", "{refused}");
 }
 
 #[test]

@@ -694,6 +694,11 @@ struct TunnelLog {
 
 impl TunnelLog {
     fn refused(&self, destination: &str, reason: &str) {
+        self.refused_because(destination, reason, reason);
+    }
+
+    /// A refusal whose full `detail` is for the audit log only; the client was told `reason`.
+    fn refused_because(&self, destination: &str, reason: &str, detail: &str) {
         info!(
             target: "audit",
             event = "tunnel.refused",
@@ -704,8 +709,9 @@ impl TunnelLog {
             fingerprint = %self.identity.fingerprint,
             originator = %self.originator,
             destination,
-            reason,
-            "tunnel {} to {destination} refused: {reason}", self.tunnel
+            reason = detail,
+            told_client = reason,
+            "tunnel {} to {destination} refused: {detail}", self.tunnel
         );
     }
 
@@ -791,6 +797,12 @@ async fn open_tunnel(
         Decision::Allow(addrs) => addrs,
         Decision::Deny(reason) => {
             log.refused(&target.to_string(), &reason);
+            reply.reject(ChannelOpenFailure::Other { code: OPEN_PROHIBITED, reason }).await;
+            return;
+        }
+        Decision::Withheld { reason, detail } => {
+            // The client learns only that it is refused; the audit log, why.
+            log.refused_because(&target.to_string(), &reason, &detail);
             reply.reject(ChannelOpenFailure::Other { code: OPEN_PROHIBITED, reason }).await;
             return;
         }

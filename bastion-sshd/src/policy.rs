@@ -299,6 +299,11 @@ pub enum Decision {
     Allow(Vec<SocketAddr>),
     /// Refused; the reason is sent to the client and written to the audit log.
     Deny(String),
+    /// Refused after resolving a name: `reason` goes to the client, `detail`
+    /// (what the name resolved to, and why that is refused) only to the audit
+    /// log. The bastion is no oracle for internal DNS: no refusal tells the
+    /// client anything it could not have known.
+    Withheld { reason: String, detail: String },
     /// The name could not be resolved (sent to the client as a connect failure).
     Unresolved(String),
 }
@@ -368,22 +373,31 @@ impl Policy {
             {
                 // One denied address taints the name: a rebinding attack mixes
                 // a harmless address with an internal one.
-                let shown =
-                    if target.literal().is_some() { String::new() } else { format!(" resolves to {addr}, which is") };
-                return Decision::Deny(format!(
-                    "{target}{shown} in a denied range ({block}, {label}); only an explicit --permit-open entry for that address allows it"
-                ));
+                let why = format!(
+                    "in a denied range ({block}, {label}); only an explicit --permit-open entry for that address allows it"
+                );
+                return match target.literal() {
+                    Some(_) => Decision::Deny(format!("{target} {why}")),
+                    None => Decision::Withheld {
+                        reason: format!("{target} is not permitted"),
+                        detail: format!("{target} resolves to {addr}, which is {why}"),
+                    },
+                };
             }
             if by_global && by_key {
                 allowed.push(SocketAddr::new(addr, target.port));
             }
         }
         if allowed.is_empty() {
+            let why = "is not permitted by --permit-open or this key's permitopen";
+            if target.literal().is_some() {
+                return Decision::Deny(format!("{target} {why}"));
+            }
             let list: Vec<String> = resolved.iter().map(|a| canonical(a.ip()).to_string()).collect();
-            return Decision::Deny(format!(
-                "{target} ({}) is not permitted by --permit-open or this key's permitopen",
-                list.join(", ")
-            ));
+            return Decision::Withheld {
+                reason: format!("{target} is not permitted"),
+                detail: format!("{target} ({}) {why}", list.join(", ")),
+            };
         }
         Decision::Allow(allowed)
     }
@@ -483,6 +497,11 @@ mod tests {
         ] {
             match decide(&p, &KeyRights::default(), host, 80) {
                 Decision::Deny(reason) => assert!(reason.contains("denied range"), "{host}: {reason}"),
+                // A name: the client is told only that it is refused, the log why.
+                Decision::Withheld { reason, detail } => {
+                    assert_eq!(reason, format!("{host}:80 is not permitted"));
+                    assert!(detail.contains("denied range"), "{host}: {detail}");
+                }
                 other => panic!("{host} was not denied: {other:?}"),
             }
         }
@@ -492,9 +511,10 @@ mod tests {
     fn one_denied_address_refuses_the_name() {
         let p = policy("rebind.example:443");
         match decide(&p, &KeyRights::default(), "rebind.example", 443) {
-            Decision::Deny(reason) => {
-                assert!(reason.contains("resolves to 169.254.170.2"), "{reason}");
-                assert!(reason.contains("link-local"), "{reason}");
+            Decision::Withheld { reason, detail } => {
+                assert_eq!(reason, "rebind.example:443 is not permitted", "no resolved address for the client");
+                assert!(detail.contains("resolves to 169.254.170.2"), "{detail}");
+                assert!(detail.contains("link-local"), "{detail}");
             }
             other => panic!("{other:?}"),
         }
@@ -539,6 +559,26 @@ mod tests {
             Some(vec!["[fd12::7]:443".into()]),
             "only permitted addresses are used"
         );
+    }
+
+    #[test]
+    fn refusals_of_names_never_show_what_they_resolved_to() {
+        let p = policy("10.1.0.0/16:5432");
+        for (host, resolved) in [("db.internal", "10.0.3.7"), ("metadata", "169.254.170.2"), ("localhost", "127.0.0.1")]
+        {
+            match decide(&p, &KeyRights::default(), host, 5432) {
+                Decision::Withheld { reason, detail } => {
+                    assert_eq!(reason, format!("{host}:5432 is not permitted"));
+                    assert!(detail.contains(resolved), "the audit log says why: {detail}");
+                }
+                other => panic!("{host}: {other:?}"),
+            }
+        }
+        // A literal address was the client's own words: saying it back reveals nothing.
+        match decide(&p, &KeyRights::default(), "10.0.3.7", 5432) {
+            Decision::Deny(reason) => assert!(reason.starts_with("10.0.3.7:5432 is not permitted by"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -199,7 +199,7 @@ fn the_session_ends_when_the_certificate_expires() {
     let (mut ssh, ports) = server.tunnel_as(&s.user, "alice", &[("127.0.0.1", echo.addr.port())], &[]);
     assert_eq!(echo_round_trip(local(ports[0]), b"while valid"), b"while valid");
     server.wait_event("session.expired", |_| true);
-    let closed = server.wait_event("connection.closed", |e| e["reason"] == "certificate expired");
+    let closed = server.wait_event("connection.closed", |e| e["reason"] == "the certificate expired");
     assert!(closed["duration_ms"].as_u64().unwrap() >= 1000, "{closed}");
     assert!(ssh.wait_exit(READY).is_some(), "ssh still connected after the certificate expired");
 }

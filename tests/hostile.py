@@ -424,6 +424,41 @@ def churn():
     out(**seen)
 
 
+def idle_flood():
+    """Opens --count connections from each of the --sources addresses that send the SSH
+    identification and then nothing, the way a distributed slowloris holds every
+    unauthenticated slot. Prints READY with how many got the server's banner, then holds them
+    until stdin is closed, and at the end how many the server closed meanwhile."""
+    conns = []
+    for source in ARGS.sources.split(","):
+        for _ in range(ARGS.count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((source, 0))
+            s.settimeout(10)
+            s.connect((HOST, ARGS.port))
+            s.sendall(b"SSH-2.0-idle\r\n")
+            conns.append(s)
+    greeted = 0
+    for s in conns:
+        try:
+            greeted += s.recv(7) == b"SSH-2.0"
+        except OSError:
+            pass
+    hold({"connections": len(conns), "greeted": greeted})
+    closed = 0
+    for s in conns:
+        s.setblocking(False)
+        try:
+            while s.recv(65536):
+                pass
+            closed += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed += 1
+    out(closed=closed)
+
+
 def cancel():
     """Opens --count tunnels one after another and closes each as soon as it is open, the
     way a browser on `ssh -D` cancels streams; the target never says anything. Counts the
@@ -445,6 +480,7 @@ def cancel():
 
 
 MODES = {
+    "idle-flood": idle_flood,
     "cancel": cancel,
     "churn": churn,
     "random-banner": random_banner,
@@ -463,6 +499,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=sorted(MODES))
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default=HOST)
+    p.add_argument("--sources", default="127.0.0.1")
     p.add_argument("--user", default="ops")
     p.add_argument("--key")
     p.add_argument("--target-host", default="127.0.0.1")
@@ -476,4 +514,5 @@ if __name__ == "__main__":
     p.add_argument("--stall", type=float, default=3.0)
     p.add_argument("--timeout", type=float, default=30.0)
     ARGS = p.parse_args()
+    HOST = ARGS.host
     MODES[ARGS.mode]()

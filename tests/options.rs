@@ -108,6 +108,27 @@ fn expiry_time_refuses_expired_keys() {
 }
 
 #[test]
+fn expiry_time_ends_a_session_that_outlives_it() {
+    let (dir, key) = setup();
+    // expiry-time= has a resolution of one second; UTC, written as OpenSSH reads it.
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 4;
+    let out = Command::new("date").args(["-u", "-d", &format!("@{at}"), "+%Y%m%d%H%M%SZ"]).output().unwrap();
+    let stamp = String::from_utf8(out.stdout).unwrap();
+    let server = with_options(&dir, &key, &format!("expiry-time=\"{}\"", stamp.trim()));
+    let echo = EchoServer::start();
+    let (mut ssh, ports) = server.tunnel(&key, &[("127.0.0.1", echo.addr.port())], &[]);
+    let tunnel = std::net::SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    assert_eq!(echo_round_trip(tunnel, b"while valid"), b"while valid");
+    let expired = server.wait_event("session.expired", |_| true);
+    assert_eq!(expired["expired"], "the key's expiry-time", "{expired}");
+    let closed = server.wait_event("connection.closed", |e| e["reason"] == "the key's expiry-time expired");
+    assert!(closed["duration_ms"].as_u64().unwrap() >= 1000, "{closed}");
+    assert!(ssh.wait_exit(READY).is_some(), "ssh still connected after the key expired");
+    // And no new tunnel through that connection: it is gone.
+    assert!(std::net::TcpStream::connect(tunnel).is_err(), "the forward is still listening");
+}
+
+#[test]
 fn options_without_meaning_are_accepted_and_change_nothing() {
     let (dir, key) = setup();
     let server = with_options(

@@ -37,6 +37,33 @@ pub struct Identity {
     pub rights: KeyRights,
     /// Set when the login used an OpenSSH user certificate.
     pub certificate: Option<CertInfo>,
+    /// When this login stops being valid (a certificate's end, an
+    /// `expiry-time=`): the session is closed then, not only refused at the next login.
+    pub expires: Option<Expiry>,
+}
+
+/// The moment a login stops being valid, and what says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    pub at: SystemTime,
+    /// `the certificate`, `the key's expiry-time`, …: shown in the log and to the user.
+    pub what: &'static str,
+}
+
+impl Expiry {
+    /// `expiry-time=` seconds since the epoch.
+    fn from_option(seconds: Option<u64>, what: &'static str) -> Option<Self> {
+        let at = UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds?))?;
+        Some(Expiry { at, what })
+    }
+
+    /// The earlier of two.
+    fn earliest(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if b.at < a.at { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// What an audit log needs to know about a certificate.
@@ -87,6 +114,7 @@ pub fn check(
         listed_at: format!("{}:{}", entry.source, entry.line),
         rights: entry.options.rights.clone(),
         certificate: None,
+        expires: Expiry::from_option(entry.options.expiry, "the key's expiry-time"),
     })
 }
 
@@ -229,6 +257,11 @@ pub fn check_certificate(
             ca_fingerprint: ca.fingerprint.clone(),
             valid_before: cert.valid_before_time(),
         }),
+        expires: Expiry::earliest(
+            // None for "forever" (a valid_before past what the clock can hold).
+            cert.valid_before_time().map(|at| Expiry { at, what: "the certificate" }),
+            Expiry::from_option(ca.options.expiry, "the cert-authority line's expiry-time"),
+        ),
     })
 }
 

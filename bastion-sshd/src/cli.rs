@@ -157,6 +157,19 @@ pub struct ServerArgs {
     #[arg(long, value_name = "CIDR", env = "BASTION_PENALTY_EXEMPT", value_delimiter = ',')]
     pub penalty_exempt: Vec<String>,
 
+    /// Sources of the task's own health check (CIDR ranges, or `none`): admitted outside
+    /// --max-startups, --per-source-max-startups and --max-connections, 4 at a time, and never
+    /// penalized, so that a flood cannot make the health check fail. Only ranges no remote
+    /// client can come from: in an ECS task, loopback is the task itself.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        env = "BASTION_HEALTH_CHECK_SOURCES",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1/128"
+    )]
+    pub health_check_sources: Vec<String>,
+
     /// Most open channels (tunnels and sessions) per connection.
     #[arg(long, value_name = "N", env = "BASTION_MAX_CHANNELS", default_value_t = 64)]
     pub max_channels: usize,

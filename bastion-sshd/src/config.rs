@@ -75,17 +75,23 @@ impl Loaded {
             Err(e) => (Policy::default(), vec![format!("--permit-open / BASTION_PERMIT_OPEN: {e}")]),
         };
         let mut limit_errors = Vec::new();
-        let penalty_exempt = args
-            .penalty_exempt
-            .iter()
-            .filter_map(|s| match s.trim().parse::<IpNet>() {
-                Ok(net) => Some(net),
-                Err(_) => {
-                    limit_errors.push(format!("--penalty-exempt / BASTION_PENALTY_EXEMPT: {s:?} is not a CIDR range"));
-                    None
-                }
-            })
-            .collect();
+        let mut ranges = |values: &[String], option: &str| -> Vec<IpNet> {
+            values
+                .iter()
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty() && *s != "none")
+                .filter_map(|s| match s.parse::<IpNet>() {
+                    Ok(net) => Some(net),
+                    Err(_) => {
+                        limit_errors.push(format!("{option}: {s:?} is not a CIDR range"));
+                        None
+                    }
+                })
+                .collect()
+        };
+        let penalty_exempt = ranges(&args.penalty_exempt, "--penalty-exempt / BASTION_PENALTY_EXEMPT");
+        let health_check_sources =
+            ranges(&args.health_check_sources, "--health-check-sources / BASTION_HEALTH_CHECK_SOURCES");
         let limits = Limits {
             max_connections: args.max_connections,
             max_startups: args.max_startups,
@@ -93,6 +99,7 @@ impl Loaded {
             penalty: args.penalty,
             penalty_max: args.penalty_max,
             penalty_exempt,
+            health_check_sources,
         };
         Self {
             listen,

@@ -15,9 +15,10 @@ use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info};
 
-use crate::auth::{self, Credential, Identity};
+use crate::auth::{self, Credential, Expiry, Identity};
 use crate::keys::LiveKeys;
-use crate::policy::{Decision, KeyRights, Policy, SystemResolver, Target};
+use crate::policy::{Decision, KeyRights, Policy, Target};
+use crate::resolve::{ConnectionLookups, SystemResolver, TotalLookups};
 use crate::{session, tunnel};
 
 /// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED: the client prints our reason after it.
@@ -52,6 +53,9 @@ pub struct Shared {
     pub drain: Drain,
     /// Tunnel counts for the shutdown report.
     pub tunnels: TunnelStats,
+    /// Caps name lookups in flight on the whole server (64), stuck ones
+    /// included, far below tokio's 512 blocking threads (`resolve`).
+    pub lookups: TotalLookups,
 }
 
 /// Server-wide tunnel counts, for the shutdown report.
@@ -78,14 +82,20 @@ pub struct Signals {
     sessions: Mutex<Vec<ChannelId>>,
     /// Open tunnels of this connection; draining waits for zero.
     pub open_tunnels: watch::Sender<usize>,
-    /// When the certificate used to log in expires: the session ends then.
-    pub certificate_expiry: Mutex<Option<SystemTime>>,
+    /// When the certificate or key used to log in expires: the session ends then.
+    pub expires: Mutex<Option<Expiry>>,
     /// What the session logged in with, for re-checks after a reload.
     pub credential: Mutex<Option<Credential>>,
     /// Tunnel rights from the latest re-check (a reload may change permitopen).
     pub rights: Mutex<Option<KeyRights>>,
+    /// Caps this connection's name lookups in flight (4), stuck ones included:
+    /// a zone that never answers delays only the user resolving in it (`resolve`).
+    pub lookups: ConnectionLookups,
     /// Held by the connection and its tunnel tasks; shutdown waits until all are dropped.
     pub _done: Option<tokio::sync::mpsc::Sender<()>>,
+    /// Where attempts to authenticate are reported to the admission limits: a
+    /// connection that makes none holds its slot without progress (`limits`).
+    pub progress: Option<Arc<crate::limits::Progress>>,
 }
 
 impl Default for Signals {
@@ -95,18 +105,30 @@ impl Default for Signals {
             tried_auth: AtomicBool::new(false),
             sessions: Mutex::new(Vec::new()),
             open_tunnels: watch::Sender::new(0),
-            certificate_expiry: Mutex::new(None),
+            expires: Mutex::new(None),
             credential: Mutex::new(None),
             rights: Mutex::new(None),
+            lookups: ConnectionLookups::default(),
             _done: None,
+            progress: None,
         }
     }
 }
 
 impl Signals {
-    /// Signals that keep `done` alive for as long as the connection or any of its tunnels.
-    pub fn holding(done: tokio::sync::mpsc::Sender<()>) -> Self {
-        Self { _done: Some(done), ..Self::default() }
+    /// Signals that keep `done` alive for as long as the connection or any of
+    /// its tunnels, and report progress to `progress`.
+    pub fn holding(done: tokio::sync::mpsc::Sender<()>, progress: Arc<crate::limits::Progress>) -> Self {
+        Self { _done: Some(done), progress: Some(progress), ..Self::default() }
+    }
+
+    /// The client tried to authenticate (not just the "none" probe): failing
+    /// now penalizes its source, and it is making progress.
+    fn tried_to_authenticate(&self) {
+        self.tried_auth.store(true, Ordering::Relaxed);
+        if let Some(progress) = &self.progress {
+            progress.touch();
+        }
     }
 
     pub fn session_channels(&self) -> Vec<ChannelId> {
@@ -201,10 +223,8 @@ impl ConnectionHandler {
     /// Records a login: who, and what they logged in with, so that a key
     /// reload can judge it again and a certificate's expiry can end it.
     fn logged_in(&mut self, identity: Identity, credential: Credential) {
-        if let Some(until) = identity.certificate.as_ref().and_then(|c| c.valid_before)
-            && let Ok(mut expiry) = self.signals.certificate_expiry.lock()
-        {
-            *expiry = Some(until);
+        if let Ok(mut expires) = self.signals.expires.lock() {
+            *expires = identity.expires;
         }
         if let Ok(mut slot) = self.signals.credential.lock() {
             *slot = Some(credential);
@@ -228,7 +248,7 @@ impl ConnectionHandler {
     }
 
     fn refuse_method(&self, user: &str, method: &str) {
-        self.signals.tried_auth.store(true, Ordering::Relaxed);
+        self.signals.tried_to_authenticate();
         info!(
             target: "audit",
             event = "auth.refused",
@@ -301,7 +321,7 @@ impl Handler for ConnectionHandler {
     /// The default accepts every offered key, which tells a prober which keys
     /// exist and costs a signature check; answer only for listed keys.
     async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
-        self.signals.tried_auth.store(true, Ordering::Relaxed);
+        self.signals.tried_to_authenticate();
         match auth::check_offer(
             &self.shared.keys.get(),
             user,
@@ -792,8 +812,10 @@ async fn open_tunnel(
 ) {
     let started = Instant::now();
     let timeout = shared.connect_timeout;
-    let resolver = SystemResolver { timeout };
-    let addrs = match shared.policy.decide(&log.identity.rights, &target, &resolver).await {
+    let resolver = SystemResolver::new(timeout, &signals.lookups, &shared.lookups);
+    // Read for every decision: always current, fails closed (see interfaces.rs).
+    let own = crate::interfaces::LocalAddresses::read();
+    let addrs = match shared.policy.decide(&log.identity.rights, &target, &resolver, &own).await {
         Decision::Allow(addrs) => addrs,
         Decision::Deny(reason) => {
             log.refused(&target.to_string(), &reason);

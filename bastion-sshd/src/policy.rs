@@ -11,16 +11,20 @@
 //! 3. every resolved address is judged: if any lies in a denied range
 //!    (loopback, link-local with the ECS and EC2 metadata endpoints, …) and no
 //!    entry names it explicitly, the whole request is refused;
-//! 4. an address must be allowed by the global list (`--permit-open`) and by
+//! 4. an address of the bastion's own interfaces (outside those ranges) is
+//!    refused, whatever the port, unless both lists name that exact address;
+//!    wildcards, names and CIDR ranges never open it;
+//! 5. an address must be allowed by the global list (`--permit-open`) and by
 //!    the key's own `permitopen` list.
 
 use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
-use std::time::Duration;
 
 use ipnet::IpNet;
+
+use crate::interfaces::LocalAddresses;
 
 /// Longest host name accepted in a direct-tcpip request (DNS limit is 253).
 const MAX_HOST_LEN: usize = 255;
@@ -274,6 +278,16 @@ impl PermitList {
             PermitList::Only(rules) => rules.iter().any(|r| r.allows(target, addr)),
         }
     }
+
+    /// Does an entry name `addr` (canonical) itself, for this port? Not `*`, a name or a range.
+    fn names_address(&self, target: &Target, addr: IpAddr) -> bool {
+        match self {
+            PermitList::Any => false,
+            PermitList::Only(rules) => {
+                rules.iter().any(|r| r.port_matches(target.port) && r.host == HostPattern::Addr(addr))
+            }
+        }
+    }
 }
 
 /// What one authenticated key may do with tunnels (from its authorized_keys
@@ -308,28 +322,11 @@ pub enum Decision {
     Unresolved(String),
 }
 
-/// Resolves a target to addresses. The system resolver in production; a
-/// table in tests, so that the policy is tested without a network.
+/// Resolves a target to addresses: [`crate::resolve::SystemResolver`]
+/// (getaddrinfo, bounded in time and in concurrency) in production; a table in
+/// tests, so that the policy is tested without a network.
 pub trait Resolve {
     fn resolve(&self, target: &Target) -> impl Future<Output = Result<Vec<SocketAddr>, String>> + Send;
-}
-
-/// getaddrinfo(3) through tokio, bounded by a timeout.
-pub struct SystemResolver {
-    pub timeout: Duration,
-}
-
-impl Resolve for SystemResolver {
-    async fn resolve(&self, target: &Target) -> Result<Vec<SocketAddr>, String> {
-        let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
-        match tokio::time::timeout(self.timeout, lookup).await {
-            Ok(Ok(addrs)) => Ok(addrs.collect()),
-            Ok(Err(e)) => Err(format!("cannot resolve {}: {e}", target.host)),
-            Err(_) => {
-                Err(format!("resolving {} timed out after {}", target.host, humantime::format_duration(self.timeout)))
-            }
-        }
-    }
 }
 
 /// The destination policy.
@@ -341,7 +338,14 @@ pub struct Policy {
 
 impl Policy {
     /// The single entry point: may a key with `rights` open `target`, and to which addresses?
-    pub async fn decide(&self, rights: &KeyRights, target: &Target, resolver: &impl Resolve) -> Decision {
+    /// `own` is the bastion's own addresses, read just before ([`LocalAddresses::read`]).
+    pub async fn decide(
+        &self,
+        rights: &KeyRights,
+        target: &Target,
+        resolver: &impl Resolve,
+        own: &LocalAddresses,
+    ) -> Decision {
         if !rights.port_forwarding {
             return Decision::Deny("port forwarding is disabled for this key (restrict / no-port-forwarding)".into());
         }
@@ -353,6 +357,16 @@ impl Policy {
         if !rights.permit_open.may_match(target) {
             return Decision::Deny(format!("{target} is not in this key's permitopen list"));
         }
+        // Fail closed: without its own addresses the bastion cannot tell which targets are itself.
+        let own = match own.addresses() {
+            Ok(own) => own,
+            Err(why) => {
+                return Decision::Withheld {
+                    reason: format!("{target} is refused: the bastion cannot list its own addresses"),
+                    detail: format!("{why}; every tunnel is refused until they can be read"),
+                };
+            }
+        };
         let resolved = match target.literal() {
             Some(ip) => vec![SocketAddr::new(ip, target.port)],
             None => match resolver.resolve(target).await {
@@ -384,6 +398,22 @@ impl Policy {
                     },
                 };
             }
+            // The bastion itself (what listens on 0.0.0.0 in its namespace, its
+            // own sshd): stricter than a denied range, only its exact address
+            // opens it. Denied ranges (loopback) keep their own rule above.
+            let exact = self.global.names_address(target, addr)
+                && (rights.permit_open == PermitList::Any || rights.permit_open.names_address(target, addr));
+            if own.contains(&addr) && denied_block(addr).is_none() && !exact {
+                let why =
+                    "an address of the bastion itself; only a --permit-open entry naming that exact address allows it";
+                return match target.literal() {
+                    Some(_) => Decision::Deny(format!("{target} is {why}")),
+                    None => Decision::Withheld {
+                        reason: format!("{target} is not permitted"),
+                        detail: format!("{target} resolves to {addr}, {why}"),
+                    },
+                };
+            }
             if by_global && by_key {
                 allowed.push(SocketAddr::new(addr, target.port));
             }
@@ -404,252 +434,4 @@ impl Policy {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    /// A resolver backed by a table, like /etc/hosts.
-    struct Table(HashMap<&'static str, Vec<IpAddr>>);
-
-    impl Resolve for Table {
-        async fn resolve(&self, target: &Target) -> Result<Vec<SocketAddr>, String> {
-            self.0
-                .get(target.host.trim_end_matches('.').to_ascii_lowercase().as_str())
-                .map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, target.port)).collect())
-                .ok_or_else(|| format!("cannot resolve {}: not found", target.host))
-        }
-    }
-
-    fn table() -> Table {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        Table(HashMap::from([
-            ("db.internal", vec![ip("10.0.3.7")]),
-            ("localhost", vec![ip("127.0.0.1"), ip("::1")]),
-            ("rebind.example", vec![ip("10.0.3.7"), ip("169.254.170.2")]),
-            ("metadata", vec![ip("169.254.170.2")]),
-            ("127.1", vec![ip("127.0.0.1")]),
-            ("0x7f.1", vec![ip("127.0.0.1")]),
-            ("2130706433", vec![ip("127.0.0.1")]),
-            ("dual.internal", vec![ip("10.0.3.7"), ip("fd12::7")]),
-        ]))
-    }
-
-    fn policy(list: &str) -> Policy {
-        Policy { global: PermitList::parse_list(list).unwrap() }
-    }
-
-    fn decide(policy: &Policy, rights: &KeyRights, host: &str, port: u32) -> Decision {
-        let target = Target::parse(host, port).unwrap();
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(policy.decide(
-            rights,
-            &target,
-            &table(),
-        ))
-    }
-
-    fn allowed(policy: &Policy, host: &str, port: u32) -> Option<Vec<String>> {
-        match decide(policy, &KeyRights::default(), host, port) {
-            Decision::Allow(addrs) => Some(addrs.iter().map(|a| a.to_string()).collect()),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn targets_are_validated() {
-        assert_eq!(Target::parse("db.internal", 5432).unwrap().to_string(), "db.internal:5432");
-        assert_eq!(Target::parse("::1", 22).unwrap().to_string(), "[::1]:22");
-        assert_eq!(Target::parse("[::1]", 22).unwrap().host, "::1");
-        assert!(Target::parse("", 22).unwrap_err().contains("empty"));
-        assert!(Target::parse("db", 0).unwrap_err().contains("not in 1-65535"));
-        assert!(Target::parse("db", 70000).unwrap_err().contains("not in 1-65535"));
-        assert!(Target::parse("db\nx", 22).is_err());
-        assert!(Target::parse(&"a".repeat(300), 22).is_err());
-    }
-
-    #[test]
-    fn default_allows_private_addresses_and_denies_the_special_ranges() {
-        let p = Policy::default();
-        assert_eq!(allowed(&p, "db.internal", 5432), Some(vec!["10.0.3.7:5432".into()]));
-        assert_eq!(allowed(&p, "10.0.3.7", 5432), Some(vec!["10.0.3.7:5432".into()]));
-        for host in [
-            "127.0.0.1",
-            "127.8.9.10",
-            "::1",
-            "0.0.0.0",
-            "::",
-            "169.254.170.2",
-            "169.254.169.254",
-            "fe80::1",
-            "fd00:ec2::254",
-            "224.0.0.1",
-            "ff02::1",
-            "255.255.255.255",
-            "::ffff:127.0.0.1",
-            "[::ffff:127.0.0.1]",
-            "::ffff:169.254.170.2",
-            "::127.0.0.1",
-            "64:ff9b::a9fe:aa02",
-            "localhost",
-            "metadata",
-            "127.1",
-            "0x7f.1",
-            "2130706433",
-        ] {
-            match decide(&p, &KeyRights::default(), host, 80) {
-                Decision::Deny(reason) => assert!(reason.contains("denied range"), "{host}: {reason}"),
-                // A name: the client is told only that it is refused, the log why.
-                Decision::Withheld { reason, detail } => {
-                    assert_eq!(reason, format!("{host}:80 is not permitted"));
-                    assert!(detail.contains("denied range"), "{host}: {detail}");
-                }
-                other => panic!("{host} was not denied: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn one_denied_address_refuses_the_name() {
-        let p = policy("rebind.example:443");
-        match decide(&p, &KeyRights::default(), "rebind.example", 443) {
-            Decision::Withheld { reason, detail } => {
-                assert_eq!(reason, "rebind.example:443 is not permitted", "no resolved address for the client");
-                assert!(detail.contains("resolves to 169.254.170.2"), "{detail}");
-                assert!(detail.contains("link-local"), "{detail}");
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn wildcards_and_wide_ranges_never_open_denied_ranges() {
-        for list in ["*:80", "*:*", "0.0.0.0/0:80", "127.0.0.0/7:80", "[::/0]:80", "localhost:80"] {
-            let p = policy(list);
-            assert_eq!(allowed(&p, "127.0.0.1", 80), None, "{list}");
-            assert_eq!(allowed(&p, "localhost", 80), None, "{list}");
-            assert_eq!(allowed(&p, "::1", 80), None, "{list}");
-        }
-    }
-
-    #[test]
-    fn explicit_entries_open_denied_addresses() {
-        assert_eq!(allowed(&policy("127.0.0.1:5432"), "127.0.0.1", 5432), Some(vec!["127.0.0.1:5432".into()]));
-        assert_eq!(allowed(&policy("127.0.0.1:5432"), "127.0.0.1", 5433), None);
-        assert_eq!(allowed(&policy("127.0.0.1:*"), "127.0.0.1", 9), Some(vec!["127.0.0.1:9".into()]));
-        assert_eq!(allowed(&policy("127.0.0.0/8:80"), "127.1.2.3", 80), Some(vec!["127.1.2.3:80".into()]));
-        assert_eq!(allowed(&policy("[::1]:22"), "::1", 22), Some(vec!["[::1]:22".into()]));
-        // The IPv4-mapped form of an explicitly permitted address is that address.
-        assert_eq!(allowed(&policy("127.0.0.1:22"), "::ffff:127.0.0.1", 22), Some(vec!["127.0.0.1:22".into()]));
-        // An odd spelling resolves to the permitted address: allowed, as the address it is.
-        assert_eq!(allowed(&policy("127.0.0.1:22"), "127.1", 22), Some(vec!["127.0.0.1:22".into()]));
-        // Permitting 169.254.170.2 does not permit IMDS.
-        assert_eq!(allowed(&policy("169.254.170.2:80"), "169.254.169.254", 80), None);
-    }
-
-    #[test]
-    fn permit_list_narrows_by_host_and_port() {
-        let p = policy("db.internal:5432, 10.1.0.0/16:*, [fd12::/16]:443");
-        assert_eq!(allowed(&p, "db.internal", 5432), Some(vec!["10.0.3.7:5432".into()]));
-        assert_eq!(allowed(&p, "DB.Internal.", 5432), Some(vec!["10.0.3.7:5432".into()]));
-        assert_eq!(allowed(&p, "db.internal", 22), None);
-        assert_eq!(allowed(&p, "10.0.3.7", 5432), None, "a name entry does not permit its address");
-        assert_eq!(allowed(&p, "10.1.200.3", 8080), Some(vec!["10.1.200.3:8080".into()]));
-        assert_eq!(allowed(&p, "10.2.0.1", 8080), None);
-        assert_eq!(
-            allowed(&p, "dual.internal", 443),
-            Some(vec!["[fd12::7]:443".into()]),
-            "only permitted addresses are used"
-        );
-    }
-
-    #[test]
-    fn refusals_of_names_never_show_what_they_resolved_to() {
-        let p = policy("10.1.0.0/16:5432");
-        for (host, resolved) in [("db.internal", "10.0.3.7"), ("metadata", "169.254.170.2"), ("localhost", "127.0.0.1")]
-        {
-            match decide(&p, &KeyRights::default(), host, 5432) {
-                Decision::Withheld { reason, detail } => {
-                    assert_eq!(reason, format!("{host}:5432 is not permitted"));
-                    assert!(detail.contains(resolved), "the audit log says why: {detail}");
-                }
-                other => panic!("{host}: {other:?}"),
-            }
-        }
-        // A literal address was the client's own words: saying it back reveals nothing.
-        match decide(&p, &KeyRights::default(), "10.0.3.7", 5432) {
-            Decision::Deny(reason) => assert!(reason.starts_with("10.0.3.7:5432 is not permitted by"), "{reason}"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn names_outside_the_list_are_not_resolved() {
-        let p = policy("db.internal:5432");
-        match decide(&p, &KeyRights::default(), "unknown.name", 5432) {
-            Decision::Deny(r) => assert!(r.contains("not in the bastion's permit list"), "{r}"),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            decide(&Policy::default(), &KeyRights::default(), "unknown.name", 80),
-            Decision::Unresolved(_)
-        ));
-    }
-
-    #[test]
-    fn key_rights_narrow_the_global_list() {
-        let p = Policy::default();
-        let none = KeyRights { port_forwarding: false, permit_open: PermitList::Any };
-        assert!(
-            matches!(decide(&p, &none, "db.internal", 5432), Decision::Deny(r) if r.contains("disabled for this key"))
-        );
-        let only_db =
-            KeyRights { port_forwarding: true, permit_open: PermitList::parse_list("db.internal:5432").unwrap() };
-        assert!(matches!(decide(&p, &only_db, "db.internal", 5432), Decision::Allow(_)));
-        assert!(
-            matches!(decide(&p, &only_db, "10.0.3.7", 22), Decision::Deny(r) if r.contains("this key's permitopen"))
-        );
-        // Both must allow: the key's explicit loopback entry does not beat the global default.
-        let lo = KeyRights { port_forwarding: true, permit_open: PermitList::parse_list("127.0.0.1:22").unwrap() };
-        assert!(matches!(decide(&p, &lo, "127.0.0.1", 22), Decision::Deny(_)));
-        assert!(matches!(decide(&policy("127.0.0.1:22"), &lo, "127.0.0.1", 22), Decision::Allow(_)));
-    }
-
-    #[test]
-    fn permit_entries_are_parsed_strictly() {
-        for good in
-            ["db:5432", "db:*", "*:5432", "10.0.0.0/8:5432", "[::1]:22", "[fd00::/8]:*", "10.0.0.5:80", "a-b.c_d:1"]
-        {
-            assert!(good.parse::<PermitRule>().is_ok(), "{good}");
-        }
-        for bad in [
-            "db",
-            "db:",
-            "db:0",
-            "db:70000",
-            ":80",
-            "::1:22",
-            "10.0.0.0/33:80",
-            "127.1:22",
-            "0x7f.1:22",
-            "2130706433:22",
-            "[::1:22",
-            "a b:22",
-            "db:x",
-        ] {
-            let err = bad.parse::<PermitRule>().unwrap_err();
-            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
-        }
-        assert_eq!(PermitList::parse_list("").unwrap(), PermitList::Any);
-        assert_eq!(PermitList::parse_list("any").unwrap(), PermitList::Any);
-    }
-
-    #[test]
-    fn canonical_maps_embedded_ipv4() {
-        let c = |s: &str| canonical(s.parse().unwrap()).to_string();
-        assert_eq!(c("::ffff:10.0.0.1"), "10.0.0.1");
-        assert_eq!(c("::10.0.0.1"), "10.0.0.1");
-        assert_eq!(c("64:ff9b::a9fe:aa02"), "169.254.170.2");
-        assert_eq!(c("::1"), "::1");
-        assert_eq!(c("::"), "::");
-        assert_eq!(c("fd12::1"), "fd12::1");
-    }
-}
+mod tests;

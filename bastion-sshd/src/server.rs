@@ -27,7 +27,7 @@ use crate::config::{Listen, Loaded};
 use crate::handler::{Connection, ConnectionHandler, Drain, Shared, Signals, TunnelStats};
 use crate::hostkey::HostKey;
 use crate::keys::{KeyStore, LiveKeys};
-use crate::limits::{Admission, Ticket};
+use crate::limits::{Admission, Refusal, Ticket};
 use crate::liveness;
 use crate::privileges::{self, Outcome};
 use crate::reload;
@@ -90,6 +90,15 @@ const CHANNEL_QUEUE: usize = 100;
 /// nothing more. Safe only with the window re-opened as tunnels consume (russh
 /// patch 0004): reading faster made the two-way stall certain before it.
 const SOCKET_READ_BUFFER: usize = 64 << 10;
+
+/// Why a connection that held an unauthenticated slot without progress was closed.
+fn evicted() -> String {
+    format!(
+        "no attempt to authenticate for {} while the unauthenticated slots were full (--max-startups): \
+         its slot went to a new connection",
+        humantime::format_duration(crate::limits::STALLED_AFTER)
+    )
+}
 
 /// Per-connection deadlines that are not part of russh's config.
 struct Deadlines {
@@ -234,12 +243,14 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         tunnel_idle_timeout: Some(args.tunnel_idle_timeout).filter(|t| !t.is_zero()),
         drain: drain_rx.clone(),
         tunnels: TunnelStats::default(),
+        lookups: crate::resolve::TotalLookups::default(),
     });
     let deadlines = Arc::new(Deadlines {
         login_grace_time: args.login_grace_time,
         silence_limit: liveness::silence_limit(args.keepalive_interval, args.keepalive_max),
     });
     let admission = Admission::new(loaded.limits.clone());
+    let waiting = Arc::new(tokio::sync::Semaphore::new(loaded.limits.max_startups));
 
     // Every task holds a clone; when all are dropped, `recv` returns None: everything has finished.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -254,6 +265,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
             shared: shared.clone(),
             deadlines: deadlines.clone(),
             admission: admission.clone(),
+            waiting: waiting.clone(),
             ids: ids.clone(),
             drain: drain_rx.clone(),
             done: done_tx.clone(),
@@ -333,6 +345,9 @@ struct AcceptLoop {
     deadlines: Arc<Deadlines>,
     /// Connection limits and per-source penalties, shared by all listeners.
     admission: Arc<Admission>,
+    /// New connections that may wait for an unauthenticated slot at once
+    /// (`--max-startups` of them), shared by all listeners: each holds a socket.
+    waiting: Arc<tokio::sync::Semaphore>,
     /// Source of connection ids, shared by all listeners.
     ids: Arc<AtomicU64>,
     /// Some(deadline) once the server is stopping.
@@ -352,26 +367,41 @@ impl AcceptLoop {
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(10);
-                    let ticket = match self.admission.admit(peer.ip(), std::time::Instant::now()) {
-                        Ok(ticket) => ticket,
-                        Err(refusal) => {
-                            // Closed before a byte is sent: costs the bastion nothing more.
-                            info!(target: "audit", event = "connection.refused", peer = %peer, reason = %refusal,
-                                "connection from {peer} refused: {refusal}");
-                            drop(stream);
-                            continue;
-                        }
-                    };
-                    let id = format!("c{}", self.ids.fetch_add(1, Ordering::Relaxed) + 1);
                     let task = ConnectionTask {
                         config: self.config.clone(),
                         shared: self.shared.clone(),
                         deadlines: self.deadlines.clone(),
-                        ticket,
                         drain: self.drain.clone(),
                         _done: self.done.clone(),
                     };
-                    tokio::spawn(task.run(stream, peer, id));
+                    match self.admission.admit(peer.ip(), std::time::Instant::now()) {
+                        Ok(ticket) => {
+                            let id = format!("c{}", self.ids.fetch_add(1, Ordering::Relaxed) + 1);
+                            tokio::spawn(task.run(ticket, stream, peer, id));
+                        }
+                        // Every unauthenticated slot is taken: wait (silently, as a full
+                        // listen backlog would) for one to free up or to stall, up to the
+                        // login grace time, a bounded number at a time.
+                        Err(Refusal::TooManyStartups(_))
+                            if let Ok(place) = self.waiting.clone().try_acquire_owned() =>
+                        {
+                            let (admission, ids) = (self.admission.clone(), self.ids.clone());
+                            let until = Instant::now() + self.deadlines.login_grace_time;
+                            tokio::spawn(async move {
+                                let admitted = wait_for_slot(&admission, peer.ip(), until).await;
+                                drop(place);
+                                match admitted {
+                                    Ok(ticket) => {
+                                        let id = format!("c{}", ids.fetch_add(1, Ordering::Relaxed) + 1);
+                                        task.run(ticket, stream, peer, id).await;
+                                    }
+                                    Err(refusal) => refused(peer, &refusal),
+                                }
+                            });
+                        }
+                        // Closed before a byte is sent: costs the bastion nothing more.
+                        Err(refusal) => refused(peer, &refusal),
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors or memory: wait instead of spinning,
@@ -385,13 +415,37 @@ impl AcceptLoop {
     }
 }
 
+fn refused(peer: SocketAddr, refusal: &Refusal) {
+    info!(target: "audit", event = "connection.refused", peer = %peer, reason = %refusal,
+        "connection from {peer} refused: {refusal}");
+}
+
+/// Admits a connection once an unauthenticated slot frees up or one of them
+/// stalls (and is evicted), or refuses it at `until`.
+async fn wait_for_slot(admission: &Arc<Admission>, ip: std::net::IpAddr, until: Instant) -> Result<Ticket, Refusal> {
+    loop {
+        let released = admission.released();
+        match admission.admit(ip, std::time::Instant::now()) {
+            Err(Refusal::TooManyStartups(n)) => {
+                if Instant::now() >= until {
+                    return Err(Refusal::TooManyStartups(n));
+                }
+                let next_stall = admission.next_stall().map_or(until, Instant::from_std).min(until);
+                tokio::select! {
+                    _ = released => {}
+                    _ = tokio::time::sleep_until(next_stall) => {}
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Serves one SSH connection from accept to close.
 struct ConnectionTask {
     config: Arc<Config>,
     shared: Arc<Shared>,
     deadlines: Arc<Deadlines>,
-    /// This connection's place in the limits; released when the task ends.
-    ticket: Ticket,
     /// Some(deadline) once the server is stopping.
     drain: Drain,
     /// Held until the connection is closed; shutdown waits for all of them.
@@ -403,15 +457,18 @@ struct Ended {
     reason: String,
     /// It tried to log in and failed, or sat out the login grace time: its source is penalized.
     failed_login: bool,
+    /// It logged in (seen, at the latest, as the session ended).
+    authenticated: bool,
 }
 
 impl ConnectionTask {
-    async fn run(mut self, stream: TcpStream, peer: SocketAddr, id: String) {
+    /// `ticket` is this connection's place in the limits, released when it ends.
+    async fn run(mut self, mut ticket: Ticket, stream: TcpStream, peer: SocketAddr, id: String) {
         let started = Instant::now();
         let local = stream.local_addr().unwrap_or(peer);
         let _ = stream.set_nodelay(true);
         info!(target: "audit", event = "connection.accepted", conn = %id, peer = %peer, local = %local, "connection {id} from {peer}");
-        let ended = self.serve(stream, Connection { id: id.clone(), peer, local }).await;
+        let ended = self.serve(&mut ticket, stream, Connection { id: id.clone(), peer, local }).await;
         info!(
             target: "audit",
             event = "connection.closed",
@@ -421,27 +478,36 @@ impl ConnectionTask {
             reason = %ended.reason,
             "connection {id} from {peer} closed: {}", ended.reason
         );
-        if ended.failed_login
-            && let Some(penalty) = self.ticket.failed_login(std::time::Instant::now())
-        {
+        if ended.authenticated {
+            ticket.authenticated(); // a client that left right after logging in
+        }
+        // Penalized when evicted, or now for a failed login or a slot held without progress.
+        let penalty = match ticket.evicted() {
+            Some(penalty) => penalty,
+            None => ticket.failed_login(ended.failed_login, std::time::Instant::now()),
+        };
+        if let Some(penalty) = penalty {
             info!(target: "audit", event = "source.penalized", conn = %id, peer = %peer, seconds = penalty.as_secs(),
                 "new connections from {} refused for {}", peer.ip(), humantime::format_duration(penalty));
         }
     }
 
     /// Serves the connection; says why and how it ended.
-    async fn serve(&mut self, stream: TcpStream, conn: Connection) -> Ended {
+    async fn serve(&mut self, ticket: &mut Ticket, stream: TcpStream, conn: Connection) -> Ended {
         let conn_id = conn.id.clone();
         let peer = conn.peer;
         let deadline = Instant::now() + self.deadlines.login_grace_time;
+        let mut generation = reload_watch(&self.shared.keys_generation);
         // The tunnel tasks hold `signals`, and with it a `done` sender: shutdown
         // waits for them to log how they ended, not just for the connection.
-        let signals = Arc::new(Signals::holding(self._done.clone()));
+        let progress = ticket.progress();
+        let signals = Arc::new(Signals::holding(self._done.clone(), progress.clone()));
         let mut authenticated = signals.authenticated.subscribe();
         let handler = ConnectionHandler::new(self.shared.clone(), conn, signals.clone());
         let ended = |reason: &str, grace: bool| Ended {
             reason: reason.to_string(),
             failed_login: grace || signals.tried_auth.load(Ordering::Relaxed),
+            authenticated: false,
         };
 
         // russh runs the session in a task of its own, which owns the socket:
@@ -456,6 +522,7 @@ impl ConnectionTask {
         let started = tokio::select! {
             r = tokio::time::timeout_at(deadline, russh::server::run_stream(self.config.clone(), stream, handler)) => r,
             _ = stopping(&mut self.drain) => return ended("server shutting down", false),
+            _ = progress.evicted() => return ended(&evicted(), false),
         };
         let session = match started {
             Err(_) => return ended("no SSH identification within the login grace time", true),
@@ -468,8 +535,7 @@ impl ConnectionTask {
         let mut drain_deadline: Option<Instant> = None;
         let mut closing = false;
         let mut is_authenticated = false;
-        let mut expiry: Option<Instant> = None;
-        let mut generation = self.shared.keys_generation.clone();
+        let mut expiry: Option<(Instant, &'static str)> = None;
         let mut reason = None;
         // Set when we have asked russh to disconnect: past it, the session is dropped.
         let mut close_by: Option<Instant> = None;
@@ -489,14 +555,15 @@ impl ConnectionTask {
                     // counted as a failed one and its source penalized.
                     let is_authenticated = is_authenticated || *authenticated.borrow();
                     let grace_exceeded = grace_over && !is_authenticated;
-                    return if is_authenticated { Ended { reason, failed_login: false } } else { ended(&reason, grace_exceeded) };
+                    return if is_authenticated { Ended { reason, failed_login: false, authenticated: true } } else { ended(&reason, grace_exceeded) };
                 }
                 changed = authenticated.changed(), if !is_authenticated => {
                     if changed.is_ok() && *authenticated.borrow_and_update() {
                         is_authenticated = true;
-                        self.ticket.authenticated();
-                        expiry = signals.certificate_expiry.lock().ok().and_then(|e| *e).map(instant_at);
-                        generation.mark_unchanged();
+                        ticket.authenticated();
+                        expiry = signals.expires.lock().ok().and_then(|e| *e).map(|e| (instant_at(e.at), e.what));
+                        // No mark_unchanged() here: a reload that landed while the client was
+                        // logging in (after its key was checked) must still judge this session.
                     }
                 }
                 changed = generation.changed(), if is_authenticated && !closing => {
@@ -508,6 +575,8 @@ impl ConnectionTask {
                     let store = self.shared.keys.get();
                     match auth::recheck(&store, &credential, peer.ip(), std::time::SystemTime::now()) {
                         Ok(identity) => {
+                            // The reloaded line may carry another expiry-time.
+                            expiry = identity.expires.map(|e| (instant_at(e.at), e.what));
                             if let Ok(mut rights) = signals.rights.lock() {
                                 *rights = Some(identity.rights);
                             }
@@ -521,11 +590,17 @@ impl ConnectionTask {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() && !closing => {
+                _ = tokio::time::sleep_until(expiry.map_or_else(Instant::now, |e| e.0)), if expiry.is_some() && !closing => {
+                    let what = expiry.map_or("the login", |e| e.1);
                     closing = true;
-                    reason = Some("certificate expired".to_string());
-                    info!(target: "audit", event = "session.expired", conn = %conn_id, "certificate expired: closing the session");
-                    disconnect(&handle, "your certificate has expired").await;
+                    reason = Some(format!("{what} expired"));
+                    info!(target: "audit", event = "session.expired", conn = %conn_id, expired = what, "{what} expired: closing the session");
+                    disconnect(&handle, &format!("{what} has expired")).await;
+                }
+                _ = progress.evicted(), if !is_authenticated && !closing => {
+                    closing = true;
+                    reason = Some(evicted());
+                    disconnect(&handle, "too many unauthenticated connections; this one made no progress").await;
                 }
                 _ = tokio::time::sleep_until(deadline), if !grace_over => {
                     grace_over = true;
@@ -565,7 +640,7 @@ impl ConnectionTask {
                     let _ = closer.shutdown(std::net::Shutdown::Both);
                     let reason = reason.take().unwrap_or_default();
                     let reason = format!("{reason} (the client did not read the disconnect message; socket closed)");
-                    return if is_authenticated || *authenticated.borrow() { Ended { reason, failed_login: false } } else { ended(&reason, true) };
+                    return if is_authenticated || *authenticated.borrow() { Ended { reason, failed_login: false, authenticated: true } } else { ended(&reason, true) };
                 }
                 _ = tokio::time::sleep_until(silent_until.unwrap_or_else(Instant::now)), if silent_until.is_some() && close_by.is_none() => {
                     if activity.last().elapsed() >= self.deadlines.silence_limit.unwrap_or_default() {
@@ -574,12 +649,23 @@ impl ConnectionTask {
                             "no byte moved either way for {} (the client stopped reading and answering keepalives); socket closed",
                             humantime::format_duration(self.deadlines.silence_limit.unwrap_or_default())
                         );
-                        return if is_authenticated || *authenticated.borrow() { Ended { reason, failed_login: false } } else { ended(&reason, true) };
+                        return if is_authenticated || *authenticated.borrow() { Ended { reason, failed_login: false, authenticated: true } } else { ended(&reason, true) };
                     }
                 }
             }
         }
     }
+}
+
+/// A connection's view of key reloads, taken before its client can log in:
+/// reloads before this moment are already in the keys its login is checked
+/// against; any reload after it, including one that lands between the key
+/// check and the moment the session counts as authenticated, makes the
+/// session's credential judged again.
+fn reload_watch(generations: &watch::Receiver<u64>) -> watch::Receiver<u64> {
+    let mut watch = generations.clone();
+    watch.mark_unchanged();
+    watch
 }
 
 /// Resolves with the drain deadline once the server is stopping.
@@ -632,6 +718,17 @@ fn describe_session_error(e: &russh::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_during_the_login_is_seen_once_the_session_is_authenticated() {
+        let (reloads, generations) = watch::channel(0u64);
+        reloads.send_modify(|g| *g += 1); // a reload before the connection: already in force
+        let watch = reload_watch(&generations);
+        assert!(!watch.has_changed().unwrap(), "reloads before the connection need no re-check");
+        // The key is checked, then a reload lands before the session counts as authenticated.
+        reloads.send_modify(|g| *g += 1);
+        assert!(watch.has_changed().unwrap(), "the session must be judged again");
+    }
 
     #[test]
     fn server_id_does_not_reveal_the_library() {

@@ -5,6 +5,7 @@
 //! Readiness is always observed (a log line, a port accepting), never slept for.
 
 pub mod aws;
+pub mod vpc;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -281,10 +282,6 @@ impl ServerBuilder {
         self.arg("--authorized-keys").arg(path)
     }
 
-    /// Starts the server. Unless the test set its own `--permit-open`, the
-    /// server may reach 127.0.0.1 (where the test's targets listen), which
-    /// the default policy denies; unless it set `--penalty`, failed logins are
-    /// not penalized.
     /// Authorizes through a file with these exact lines (options, comments, junk).
     pub fn authorized_lines(self, lines: &[String]) -> Self {
         let path = self.dir.join(format!("authorized_keys.{}", unique()));
@@ -292,10 +289,15 @@ impl ServerBuilder {
         self.arg("--authorized-keys").arg(path)
     }
 
+    /// Starts the server. Unless the test set its own `--permit-open`, the
+    /// server may reach 127.0.0.1 (where the test's targets listen), which
+    /// the default policy denies; unless it set `--penalty`, failed logins are
+    /// not penalized; unless it set `--health-check-sources`, loopback (where
+    /// the test's clients connect from) is not reserved for health checks.
     pub fn start(self) -> Server {
         let given = |flag: &str| self.cmd.get_args().any(|a| a == flag);
-        let (listen_given, permit_given, penalty_given) =
-            (given("--listen"), given("--permit-open"), given("--penalty"));
+        let (listen_given, permit_given, penalty_given, health_given) =
+            (given("--listen"), given("--permit-open"), given("--penalty"), given("--health-check-sources"));
         let mut cmd = self.cmd;
         if !listen_given {
             cmd.args(["--listen", "127.0.0.1:0"]);
@@ -306,6 +308,10 @@ impl ServerBuilder {
         if !penalty_given {
             // Tests fail logins from 127.0.0.1 on purpose; only the penalty tests want penalties.
             cmd.args(["--penalty", "0s"]);
+        }
+        if !health_given {
+            // Loopback stands for remote users here: give it no reservation outside the limits.
+            cmd.args(["--health-check-sources", "none"]);
         }
         Server::from_log(Proc::spawn(cmd, Stdio::null()), &self.dir, None)
     }

@@ -2,7 +2,8 @@
 //! permit list: it never panics, only allows addresses the name resolved to
 //! (as canonical addresses), and with no `--permit-open` (the default) never
 //! allows a target any of whose addresses, in any spelling, lies in a denied
-//! range (loopback, link-local and the metadata/credentials addresses, ...).
+//! range (loopback, link-local and the metadata/credentials addresses, ...)
+//! or is one of the bastion's own addresses outside those ranges.
 #![no_main]
 
 use std::future::Future;
@@ -11,6 +12,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use arbitrary::Arbitrary;
+use bastion_sshd::interfaces::LocalAddresses;
 use bastion_sshd::policy::{Decision, KeyRights, PermitList, Policy, Resolve, Target, canonical, denied_block};
 use libfuzzer_sys::fuzz_target;
 
@@ -38,6 +40,7 @@ struct Input<'a> {
     host: &'a str,
     port: u32,
     resolved: Vec<Addr>,
+    own: Vec<Addr>,
 }
 
 /// The name resolves to exactly the fuzzed addresses.
@@ -66,11 +69,13 @@ fuzz_target!(|input: Input<'_>| {
     };
     let canonical_resolved: Vec<IpAddr> = as_resolved.iter().map(|a| canonical(*a)).collect();
     let resolver = Fixed(resolved);
+    let own_list: Vec<IpAddr> = input.own.iter().map(|a| canonical(a.ip())).collect();
+    let own = LocalAddresses::new(own_list.iter().copied());
 
     let global = PermitList::parse_list(input.permit).unwrap_or_default();
     let rights =
         KeyRights { port_forwarding: true, permit_open: PermitList::parse_list(input.key_permit).unwrap_or_default() };
-    if let Decision::Allow(addrs) = ready(Policy { global: global.clone() }.decide(&rights, &target, &resolver)) {
+    if let Decision::Allow(addrs) = ready(Policy { global: global.clone() }.decide(&rights, &target, &resolver, &own)) {
         assert!(!addrs.is_empty());
         for a in &addrs {
             assert!(canonical_resolved.contains(&a.ip()), "{a} was not resolved: {canonical_resolved:?}");
@@ -79,10 +84,11 @@ fuzz_target!(|input: Input<'_>| {
     }
 
     // The default policy: nothing in a denied range, whatever the spelling.
-    let decision = ready(Policy::default().decide(&KeyRights::default(), &target, &resolver));
+    let decision = ready(Policy::default().decide(&KeyRights::default(), &target, &resolver, &own));
     if let Decision::Allow(addrs) = decision {
         for a in &canonical_resolved {
             assert!(denied_block(*a).is_none(), "{target} -> {a} allowed by the default policy: {addrs:?}");
+            assert!(!own_list.contains(a), "{target} -> {a}, an own address, allowed by the default policy: {addrs:?}");
         }
     }
 });

@@ -164,3 +164,130 @@ fn a_client_closing_a_tunnel_channel_ends_the_tunnel_and_frees_its_place() {
     let open = accepted.iter().filter(|s| !closed_by_bastion(s)).count();
     assert_eq!(open, 0, "target connections the bastion still holds");
 }
+
+/// A target that accepts with tiny socket buffers and never reads: the
+/// bastion's writes to it are stuck after a few KiB.
+fn stuck_target() -> (SocketAddr, Arc<Mutex<Vec<TcpStream>>>) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    socket.listen(16).unwrap();
+    let listener: TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let keep = accepted.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn small_packets_and_requests_behind_a_stuck_tunnel_do_not_freeze_the_connection() {
+    let dir = tempdir();
+    let key = ClientKey::generate(dir.path(), "trickle", "ed25519", None);
+    let server = ServerBuilder::new(dir.path()).authorize(&[&key]).start();
+    let (stuck, _held) = stuck_target();
+    let echo = EchoServer::start();
+    // Once the tunnel is stuck its queue holds the window (64 packets of 32 KiB); then 300 one-byte
+    // data packets (within the tenth of the window tolerated over it) and 300 requests, which use
+    // no window: three times the 100 places of the channel's queue.
+    let out = hostile(
+        &server,
+        &key,
+        "stall-then-trickle",
+        &[
+            "--count",
+            "300",
+            "--timeout",
+            "10",
+            "--target-port",
+            &stuck.port().to_string(),
+            "--closing-port",
+            &echo.addr.port().to_string(),
+        ],
+    )
+    .output()
+    .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let seen: Value = json(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
+    eprintln!("CHANNELS | stuck tunnel, then 300 x 1-byte packets and 300 requests | {seen}");
+    assert_eq!(seen["echoed"], true, "the connection froze behind the stuck tunnel: {seen}");
+    assert_eq!(seen["alive"], true, "{seen}");
+}
+
+#[test]
+fn requests_piling_up_behind_a_stuck_tunnel_end_that_connection_only() {
+    let dir = tempdir();
+    let key = ClientKey::generate(dir.path(), "flood", "ed25519", None);
+    let server = ServerBuilder::new(dir.path()).authorize(&[&key]).start();
+    let (stuck, _held) = stuck_target();
+    let echo = EchoServer::start();
+    // Requests use no window: past 1 024 waiting behind a reader that does not read, the peer is
+    // disconnected rather than queued without end.
+    let out = hostile(
+        &server,
+        &key,
+        "stall-then-trickle",
+        &["--count", "1100", "--timeout", "5", "--target-port", &stuck.port().to_string()],
+    )
+    .args(["--closing-port", &echo.addr.port().to_string()])
+    .output()
+    .expect("python3");
+    let seen: Value = json(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
+    assert_eq!(seen["alive"], false, "{seen}");
+    let closed = server.wait_event("connection.closed", |_| true);
+    assert!(closed["reason"].as_str().unwrap().contains("more than 1024 channel requests waiting"), "{closed}");
+    // The server goes on serving others.
+    let (_ssh, ports) = server.tunnel(&key, &[("127.0.0.1", echo.addr.port())], &[]);
+    let tunnel = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    assert_eq!(echo_round_trip(tunnel, b"still here"), b"still here");
+}
+
+/// Milliseconds since the epoch of a log event's timestamp (RFC 3339, UTC).
+fn event_ms(event: &Value) -> i64 {
+    let stamp = event["timestamp"].as_str().unwrap();
+    let out = Command::new("date").args(["-u", "-d", stamp, "+%s%3N"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn a_connection_the_server_gives_up_on_takes_its_tunnels_and_target_sockets_with_it() {
+    let dir = tempdir();
+    let key = ClientKey::generate(dir.path(), "frozen", "ed25519", None);
+    let server = ServerBuilder::new(dir.path())
+        .args(["--keepalive-interval", "1s", "--keepalive-max", "2"])
+        .authorize(&[&key])
+        .start();
+    let (stuck, held) = stuck_target();
+    // A tunnel stuck behind its target, requests piled up behind it, then the client stops
+    // altogether (SIGSTOP): the server gives up on the connection.
+    let mut child = hostile(
+        &server,
+        &key,
+        "stall-then-trickle",
+        &["--count", "300", "--then-hold", "--target-port", &stuck.port().to_string()],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("python3");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let ready = json(line.strip_prefix("READY ").unwrap_or_else(|| panic!("hostile.py: {line:?}")));
+    let pid = ready["pid"].as_u64().unwrap().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let closed = server.wait_event("connection.closed", |_| true);
+    let tunnel = server.wait_event("tunnel.closed", |_| true);
+    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    let _ = child.wait();
+    let after = event_ms(&tunnel) - event_ms(&closed);
+    eprintln!("CHANNELS | given up on: {} | tunnel closed {after} ms later ({})", closed["reason"], tunnel["ended_by"]);
+    assert!(after < 1000, "the tunnel outlived its connection by {after} ms: {tunnel}");
+    let held = held.lock().unwrap();
+    assert_eq!(held.len(), 1);
+    assert!(closed_by_bastion(&held[0]), "the target socket outlived the connection");
+}

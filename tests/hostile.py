@@ -459,6 +459,49 @@ def idle_flood():
     out(closed=closed)
 
 
+def stall_then_trickle():
+    """Opens a tunnel to --target-port (a target that never reads, with small socket buffers),
+    sends 32 KiB packets until nothing moves for a second (the bastion's write to the target is
+    stuck), then --count 1-byte data packets and --count window-change requests on that channel,
+    none of which the stuck tunnel can take. Then opens a second tunnel, to --closing-port (an
+    echo target), on the same connection: does the connection still work? With --then-hold,
+    prints READY and holds the connection instead (the test may then stop this process)."""
+    t = login()
+    stuck = t.open_channel("direct-tcpip", (ARGS.target_host, ARGS.target_port), ("127.0.0.1", 40000),
+                           timeout=ARGS.timeout)
+    sent = [0]
+
+    def fill():
+        chunk = os.urandom(32768)
+        try:
+            while True:
+                sent[0] += stuck.send(chunk)
+        except Exception:
+            pass
+
+    threading.Thread(target=fill, daemon=True).start()
+    last, since = -1, time.monotonic()
+    while time.monotonic() - since < 1.0:
+        time.sleep(0.1)
+        if sent[0] != last:
+            last, since = sent[0], time.monotonic()
+    window = stuck.out_window_size
+    for _ in range(ARGS.count):
+        t._send_message(message(DATA, stuck.remote_chanid, b"x"))
+        t._send_message(message(REQUEST, stuck.remote_chanid, b"window-change", False, 80, 24, 0, 0))
+    if ARGS.then_hold:
+        hold({"filled": sent[0], "pid": os.getpid()})
+        return
+    try:
+        probe = t.open_channel("direct-tcpip", (ARGS.target_host, ARGS.closing_port), ("127.0.0.1", 40001),
+                               timeout=ARGS.timeout)
+        probe.settimeout(ARGS.timeout)
+        echoed = echo_on(probe, 65536)
+    except Exception as e:  # the connection froze: that is the result
+        echoed = repr(e)
+    out(filled=sent[0], window_left=window, echoed=echoed, alive=t.is_active())
+
+
 def cancel():
     """Opens --count tunnels one after another and closes each as soon as it is open, the
     way a browser on `ssh -D` cancels streams; the target never says anything. Counts the
@@ -480,6 +523,7 @@ def cancel():
 
 
 MODES = {
+    "stall-then-trickle": stall_then_trickle,
     "idle-flood": idle_flood,
     "cancel": cancel,
     "churn": churn,
@@ -511,6 +555,7 @@ if __name__ == "__main__":
     p.add_argument("--bytes", type=int, default=1 << 30)
     p.add_argument("--packet", type=int, default=32768)
     p.add_argument("--ignore-window", action="store_true")
+    p.add_argument("--then-hold", action="store_true")
     p.add_argument("--stall", type=float, default=3.0)
     p.add_argument("--timeout", type=float, default=30.0)
     ARGS = p.parse_args()

@@ -82,6 +82,10 @@ pub struct Signals {
     sessions: Mutex<Vec<ChannelId>>,
     /// Open tunnels of this connection; draining waits for zero.
     pub open_tunnels: watch::Sender<usize>,
+    /// Set when the connection task is done with the connection (the client
+    /// left, or the server gave up on it): its tunnels end at once, even if
+    /// russh's session task, which owns them, has not noticed yet.
+    pub connection_closed: watch::Sender<bool>,
     /// When the certificate or key used to log in expires: the session ends then.
     pub expires: Mutex<Option<Expiry>>,
     /// What the session logged in with, for re-checks after a reload.
@@ -105,6 +109,7 @@ impl Default for Signals {
             tried_auth: AtomicBool::new(false),
             sessions: Mutex::new(Vec::new()),
             open_tunnels: watch::Sender::new(0),
+            connection_closed: watch::Sender::new(false),
             expires: Mutex::new(None),
             credential: Mutex::new(None),
             rights: Mutex::new(None),
@@ -852,14 +857,10 @@ async fn open_tunnel(
             None => ("both sides finished", None),
             Some(e) => ("error", Some(e.to_string())),
         },
-        _ = &mut closed => {
-            // At the drain deadline the server closes connections and cuts
-            // tunnels at once; whichever is seen first, it is a cut.
-            let past_deadline = shared.drain.borrow().is_some_and(|d| tokio::time::Instant::now() >= d);
-            if past_deadline { (CUT, None) } else { ("client closed the channel or the connection", None) }
-        }
+        _ = &mut closed => (cut_or(&shared, "client closed the channel or the connection"), None),
         _ = idle(&transfer, shared.tunnel_idle_timeout) => ("idle timeout (--tunnel-idle-timeout)", None),
         _ = cut_at_drain_deadline(shared.drain.clone()) => (CUT, None),
+        _ = connection_closed(&signals) => (cut_or(&shared, "the connection closed"), None),
     };
     // Free the tunnel's place (channel count, drain count) before reporting
     // it closed: whoever reads the report may open the next one at once.
@@ -888,6 +889,20 @@ async fn idle(transfer: &tunnel::Transfer, timeout: Option<Duration>) {
             return;
         }
     }
+}
+
+/// How a tunnel ended from outside is reported: at the drain deadline the
+/// server closes connections and cuts tunnels at once, and whichever is seen
+/// first, it is a cut.
+fn cut_or(shared: &Shared, ended_by: &'static str) -> &'static str {
+    let past_deadline = shared.drain.borrow().is_some_and(|d| tokio::time::Instant::now() >= d);
+    if past_deadline { CUT } else { ended_by }
+}
+
+/// Resolves once the connection task is done with the connection.
+async fn connection_closed(signals: &Signals) {
+    let mut closed = signals.connection_closed.subscribe();
+    let _ = closed.wait_for(|closed| *closed).await;
 }
 
 /// Resolves at the drain deadline, once the server is stopping.

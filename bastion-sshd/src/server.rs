@@ -502,6 +502,8 @@ impl ConnectionTask {
         // waits for them to log how they ended, not just for the connection.
         let progress = ticket.progress();
         let signals = Arc::new(Signals::holding(self._done.clone(), progress.clone()));
+        // However serve ends, the connection's tunnels end with it.
+        let _closing = CloseTunnels(signals.clone());
         let mut authenticated = signals.authenticated.subscribe();
         let handler = ConnectionHandler::new(self.shared.clone(), conn, signals.clone());
         let ended = |reason: &str, grace: bool| Ended {
@@ -666,6 +668,15 @@ fn reload_watch(generations: &watch::Receiver<u64>) -> watch::Receiver<u64> {
     let mut watch = generations.clone();
     watch.mark_unchanged();
     watch
+}
+
+/// Ends a connection's tunnels when dropped (`Signals::connection_closed`).
+struct CloseTunnels(Arc<Signals>);
+
+impl Drop for CloseTunnels {
+    fn drop(&mut self) {
+        self.0.connection_closed.send_replace(true);
+    }
 }
 
 /// Resolves with the drain deadline once the server is stopping.

@@ -163,25 +163,34 @@ pub(crate) struct Consumed {
     /// gives back no less than that at a time).
     pub(crate) notify: Arc<Notify>,
     pub(crate) step: usize,
+    /// Messages wait in the channel's backlog (`ChannelRef::deliver`): the
+    /// session is woken at every message taken, to move them into the queue.
+    pub(crate) backlogged: std::sync::atomic::AtomicBool,
 }
 
 impl Consumed {
     pub(crate) fn new(notify: Arc<Notify>, window: u32) -> Self {
         let step = (window as usize / 8).max(1);
-        Self { bytes: std::sync::atomic::AtomicUsize::new(0), notify, step }
+        Self {
+            bytes: std::sync::atomic::AtomicUsize::new(0),
+            notify,
+            step,
+            backlogged: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 }
 
 impl ChannelReadHalf {
     /// PATCH(fargate-bastion): counts a message as it leaves the queue.
     pub(crate) fn taken(&self, msg: &ChannelMsg) {
-        if let (Some(consumed), ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. }) =
-            (&self.consumed, msg)
-        {
+        let Some(consumed) = &self.consumed else { return };
+        let mut wake = consumed.backlogged.load(std::sync::atomic::Ordering::Relaxed);
+        if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = msg {
             let before = consumed.bytes.fetch_add(data.len(), std::sync::atomic::Ordering::Relaxed);
-            if (before + data.len()) / consumed.step > before / consumed.step {
-                consumed.notify.notify_one();
-            }
+            wake |= (before + data.len()) / consumed.step > before / consumed.step;
+        }
+        if wake {
+            consumed.notify.notify_one();
         }
     }
 }
@@ -529,7 +538,8 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
             ChannelRef {
                 sender: tx,
                 window_size,
-                consumed: None, // PATCH(fargate-bastion)
+                consumed: None,                          // PATCH(fargate-bastion)
+                backlog: channel_ref::Backlog::default(), // PATCH(fargate-bastion)
             },
         )
     }

@@ -1493,10 +1493,12 @@ impl Session {
                 // Forward the close to the channel before removing it, so that
                 // consumers waiting on `Channel::wait()` receive an explicit
                 // `ChannelMsg::Close` instead of just seeing `None`.
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    chan.send(ChannelMsg::Close).await.unwrap_or(())
+                // PATCH(fargate-bastion): what did not fit the channel's queue
+                // yet is handed on after it, without holding up the session.
+                if let Some(mut chan) = self.channels.remove(&channel_num) {
+                    chan.deliver(channel_num, ChannelMsg::Close).await?;
+                    chan.finish();
                 }
-                self.channels.remove(&channel_num);
                 debug!("handler.channel_close {channel_num:?}");
                 handler.channel_close(channel_num, self).await
             }
@@ -1506,8 +1508,8 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    chan.send(ChannelMsg::Eof).await.unwrap_or(())
+                if let Some(chan) = self.channels.get_mut(&channel_num) {
+                    chan.deliver(channel_num, ChannelMsg::Eof).await?
                 }
                 debug!("handler.channel_eof {channel_num:?}");
                 handler.channel_eof(channel_num, self).await
@@ -1546,20 +1548,16 @@ impl Session {
                 }
                 self.flush()?;
                 if let Some(ext) = ext {
-                    if let Some(chan) = self.channels.get(&channel_num) {
-                        chan.send(ChannelMsg::ExtendedData {
+                    if let Some(chan) = self.channels.get_mut(&channel_num) {
+                        chan.deliver(channel_num, ChannelMsg::ExtendedData {
                             ext,
                             data: data.clone(),
-                        })
-                        .await
-                        .unwrap_or(())
+                        }).await?
                     }
                     handler.extended_data(channel_num, ext, &data, self).await
                 } else {
-                    if let Some(chan) = self.channels.get(&channel_num) {
-                        chan.send(ChannelMsg::Data { data: data.clone() })
-                            .await
-                            .unwrap_or(())
+                    if let Some(chan) = self.channels.get_mut(&channel_num) {
+                        chan.deliver(channel_num, ChannelMsg::Data { data: data.clone() }).await?
                     }
                     handler.data(channel_num, &data, self).await
                 }
@@ -1704,14 +1702,14 @@ impl Session {
                         }
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
                             // Only the first `i` entries were decoded from the
                             // request; the rest of `modes` is padding and must
                             // not be passed on as if the client had sent it.
                             #[allow(clippy::indexing_slicing)] // `i <= modes.len()` checked above
                             let terminal_modes = modes[..i].to_vec();
-                            let _ = chan
-                                .send(ChannelMsg::RequestPty {
+                            chan
+                                .deliver(channel_num, ChannelMsg::RequestPty {
                                     want_reply: true,
                                     term: term.clone(),
                                     col_width,
@@ -1719,8 +1717,7 @@ impl Session {
                                     pix_width,
                                     pix_height,
                                     terminal_modes,
-                                })
-                                .await;
+                                }).await?;
                         }
 
                         debug!("handler.pty_request {channel_num:?}");
@@ -1745,16 +1742,15 @@ impl Session {
                         let x11_screen_number = map_err!(u32::decode(r))?;
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::RequestX11 {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
+                            chan
+                                .deliver(channel_num, ChannelMsg::RequestX11 {
                                     want_reply: true,
                                     single_connection,
                                     x11_authentication_cookie: x11_auth_cookie.clone(),
                                     x11_authentication_protocol: x11_auth_protocol.clone(),
                                     x11_screen_number,
-                                })
-                                .await;
+                                }).await?;
                         }
                         debug!("handler.x11_request {channel_num:?}");
                         handler
@@ -1773,14 +1769,13 @@ impl Session {
                         let env_value = map_err!(String::decode(r))?;
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::SetEnv {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
+                            chan
+                                .deliver(channel_num, ChannelMsg::SetEnv {
                                     want_reply: true,
                                     variable_name: env_variable.clone(),
                                     variable_value: env_value.clone(),
-                                })
-                                .await;
+                                }).await?;
                         }
 
                         debug!("handler.env_request {channel_num:?}");
@@ -1790,20 +1785,18 @@ impl Session {
                     }
                     "shell" => {
                         map_err!(ensure_end(r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::RequestShell { want_reply: true })
-                                .await;
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
+                            chan
+                                .deliver(channel_num, ChannelMsg::RequestShell { want_reply: true }).await?;
                         }
                         debug!("handler.shell_request {channel_num:?}");
                         handler.shell_request(channel_num, self).await
                     }
                     "auth-agent-req@openssh.com" => {
                         map_err!(ensure_end(r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::AgentForward { want_reply: true })
-                                .await;
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
+                            chan
+                                .deliver(channel_num, ChannelMsg::AgentForward { want_reply: true }).await?;
                         }
                         debug!("handler.agent_request {channel_num:?}");
 
@@ -1818,13 +1811,12 @@ impl Session {
                     "exec" => {
                         let req = map_err!(Bytes::decode(r))?;
                         map_err!(ensure_end(r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::Exec {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
+                            chan
+                                .deliver(channel_num, ChannelMsg::Exec {
                                     want_reply: true,
                                     command: req.to_vec(),
-                                })
-                                .await;
+                                }).await?;
                         }
                         debug!("handler.exec_request {channel_num:?}");
                         handler.exec_request(channel_num, &req, self).await
@@ -1833,13 +1825,12 @@ impl Session {
                         let name = map_err!(String::decode(r))?;
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::RequestSubsystem {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
+                            chan
+                                .deliver(channel_num, ChannelMsg::RequestSubsystem {
                                     want_reply: true,
                                     name: name.clone(),
-                                })
-                                .await;
+                                }).await?;
                         }
                         debug!("handler.subsystem_request {channel_num:?}");
                         handler.subsystem_request(channel_num, &name, self).await
@@ -1851,15 +1842,14 @@ impl Session {
                         let pix_height = map_err!(u32::decode(r))?;
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan
-                                .send(ChannelMsg::WindowChange {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
+                            chan
+                                .deliver(channel_num, ChannelMsg::WindowChange {
                                     col_width,
                                     row_height,
                                     pix_width,
                                     pix_height,
-                                })
-                                .await;
+                                }).await?;
                         }
 
                         debug!("handler.window_change {channel_num:?}");
@@ -1877,12 +1867,10 @@ impl Session {
                     "signal" => {
                         let signal = Sig::from_name(&map_err!(String::decode(r))?);
                         map_err!(ensure_end(r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            chan.send(ChannelMsg::Signal {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
+                            chan.deliver(channel_num, ChannelMsg::Signal {
                                 signal: signal.clone(),
-                            })
-                            .await
-                            .unwrap_or(())
+                            }).await?
                         }
                         debug!("handler.signal {channel_num:?} {signal:?}");
                         handler.signal(channel_num, signal, self).await

@@ -885,7 +885,9 @@ impl Session {
     fn grant_consumed(&mut self) -> Result<(), Error> {
         let target = self.target_window_size;
         if let Some(enc) = self.common.encrypted.as_mut() {
-            for (id, channel) in &self.channels {
+            for (id, channel) in &mut self.channels {
+                // PATCH(fargate-bastion): room in the queue for what waits in the backlog.
+                channel.flush_backlog();
                 if let Some(consumed) = &channel.consumed {
                     enc.grant_consumed(*id, consumed, target)?;
                 }

@@ -291,3 +291,31 @@ fn a_connection_the_server_gives_up_on_takes_its_tunnels_and_target_sockets_with
     assert_eq!(held.len(), 1);
     assert!(closed_by_bastion(&held[0]), "the target socket outlived the connection");
 }
+
+#[test]
+fn a_spent_window_budget_slows_the_newest_stream_and_refuses_nothing() {
+    let dir = tempdir();
+    let key = ClientKey::generate(dir.path(), "budget", "ed25519", None);
+    // 4 MiB for the whole server: two stuck tunnels of 2 MiB windows spend it.
+    let server = ServerBuilder::new(dir.path()).args(["--window-budget", "4"]).authorize(&[&key]).start();
+    let (stuck, _held) = stuck_target();
+    let echo = EchoServer::start();
+    let out = hostile(
+        &server,
+        &key,
+        "squeeze",
+        &["--count", "2", "--stall", "2", "--target-port", &stuck.port().to_string()],
+    )
+    .args(["--closing-port", &echo.addr.port().to_string()])
+    .output()
+    .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let seen: Value = json(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
+    eprintln!("CHANNELS | window budget 4 MiB, two stuck tunnels, then a new one | {seen}");
+    // The newest tunnel opens (nothing is refused) but gets no window while the budget is spent...
+    assert_eq!(seen["echoed_while_full"], 0, "{seen}");
+    // ...and flows once the full tunnels close and give their windows back.
+    assert_eq!(seen["intact"], true, "{seen}");
+    assert_eq!(seen["alive"], true, "{seen}");
+    assert!(server.events("tunnel.refused").is_empty());
+}

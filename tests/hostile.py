@@ -502,6 +502,64 @@ def stall_then_trickle():
     out(filled=sent[0], window_left=window, echoed=echoed, alive=t.is_active())
 
 
+def squeeze():
+    """Fills --count tunnels to --target-port (a target that never reads) until nothing moves,
+    then opens one more, to the echo target at --closing-port, and tries a round trip on it for
+    --stall seconds; then closes the full tunnels and tries again."""
+    t = login()
+    full = [t.open_channel("direct-tcpip", (ARGS.target_host, ARGS.target_port), ("127.0.0.1", 40000),
+                           timeout=ARGS.timeout) for _ in range(ARGS.count)]
+    sent = [0] * len(full)
+
+    def fill(i, chan):
+        chunk = os.urandom(ARGS.packet)
+        try:
+            while True:
+                sent[i] += chan.send(chunk)
+        except Exception:
+            pass
+
+    for i, chan in enumerate(full):
+        threading.Thread(target=fill, args=(i, chan), daemon=True).start()
+    last, since = -1, time.monotonic()
+    while time.monotonic() - since < 1.0:
+        time.sleep(0.1)
+        if sum(sent) != last:
+            last, since = sum(sent), time.monotonic()
+    newest = t.open_channel("direct-tcpip", (ARGS.target_host, ARGS.closing_port), ("127.0.0.1", 40001),
+                            timeout=ARGS.timeout)
+    got = bytearray()
+    data = os.urandom(65536)
+
+    def send_all():
+        try:
+            newest.sendall(data)
+        except Exception:
+            pass
+
+    threading.Thread(target=send_all, daemon=True).start()
+    newest.settimeout(ARGS.stall)
+    try:
+        while len(got) < len(data):
+            got += newest.recv(65536)
+    except socket.timeout:
+        pass
+    while_full = len(got)
+    for chan in full:
+        chan.close()
+    newest.settimeout(ARGS.timeout)
+    try:
+        while len(got) < len(data):
+            chunk = newest.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except socket.timeout:
+        pass
+    out(filled=sum(sent), window_of_newest=newest.out_window_size, echoed_while_full=while_full,
+        echoed_after=len(got), intact=bytes(got) == data, alive=t.is_active())
+
+
 def cancel():
     """Opens --count tunnels one after another and closes each as soon as it is open, the
     way a browser on `ssh -D` cancels streams; the target never says anything. Counts the
@@ -523,6 +581,7 @@ def cancel():
 
 
 MODES = {
+    "squeeze": squeeze,
     "stall-then-trickle": stall_then_trickle,
     "idle-flood": idle_flood,
     "cancel": cancel,

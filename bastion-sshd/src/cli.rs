@@ -192,6 +192,14 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N", env = "BASTION_KEEPALIVE_MAX", default_value_t = 3)]
     pub keepalive_max: usize,
 
+    /// Tunnel data the server may hold for all clients at once, in MiB: the sum of the
+    /// windows it has open on their channels (data that arrived and waits for a slow target,
+    /// and what clients may still send). Channels start with an eighth of the 2 MiB window and
+    /// grow on use; once the budget is spent, the newest are slowed until window comes back.
+    /// 0: no budget (every channel gets its 2 MiB).
+    #[arg(long, value_name = "MIB", env = "BASTION_WINDOW_BUDGET", default_value_t = 256)]
+    pub window_budget: usize,
+
     /// Threads that carry connections and tunnels. 0: one per CPU this process may use
     /// (a cgroup CPU quota counts). A 0.25-vCPU task gains nothing from a second thread, and
     /// one thread spends less CPU per byte (docs/benchmarks.md).

@@ -63,7 +63,12 @@ fn serve(args: cli::ServerArgs, log_format: Option<cli::LogFormat>) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(server::run(prepared)) {
+    let result = runtime.block_on(server::run(prepared));
+    // Dropping the runtime would wait for every blocking thread, and a name
+    // lookup stuck in getaddrinfo cannot be cancelled (resolve.rs): once the
+    // server has stopped, give them a moment and exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(event = "server.error", "{e:#}");

@@ -133,6 +133,8 @@ fn russh_config(args: &ServerArgs, host_keys: &[HostKey]) -> Config {
         window_size: WINDOW_SIZE,
         maximum_packet_size: MAXIMUM_PACKET_SIZE,
         channel_buffer_size: CHANNEL_QUEUE,
+        // What all connections together may hold of tunnel data (russh patch 0007).
+        window_budget: (args.window_budget > 0).then(|| russh::WindowBudget::new(args.window_budget << 20)),
         preferred: Preferred {
             kex: Cow::Borrowed(if args.post_quantum_only { KEX_POST_QUANTUM_ONLY } else { KEX }),
             key: Cow::Borrowed(KEY_ALGORITHMS),

@@ -61,6 +61,8 @@ macro_rules! push_packet {
 
 mod channels;
 pub use channels::{Channel, ChannelMsg, ChannelReadHalf, ChannelStream, ChannelWriteHalf};
+// PATCH(fargate-bastion): a window budget for `server::Config::window_budget`.
+pub use channels::WindowBudget;
 
 mod parsing;
 mod session;

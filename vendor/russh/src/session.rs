@@ -377,15 +377,20 @@ impl Encrypted {
         channel: ChannelId,
         consumed: &crate::channels::Consumed,
         target: u32,
+        reference: &mut crate::channels::ChannelRef,
     ) -> Result<(), crate::Error> {
         if let Some(channel) = self.channels.get_mut(&channel) {
+            // PATCH(fargate-bastion): a channel that got less than it wanted
+            // from the window budget asks again, whatever it consumed.
             if channel.sender_window_size >= target / 2
-                || consumed.bytes.load(std::sync::atomic::Ordering::Relaxed) < consumed.step
+                || (consumed.bytes.load(std::sync::atomic::Ordering::Relaxed) < consumed.step && !reference.starved)
             {
                 return Ok(());
             }
             let taken = consumed.bytes.swap(0, std::sync::atomic::Ordering::Relaxed);
-            let amount = u32::try_from(taken).unwrap_or(u32::MAX).min(target.saturating_sub(channel.sender_window_size));
+            let room = target.saturating_sub(channel.sender_window_size) as usize;
+            let want = if reference.budget.is_some() { room } else { taken.min(room) };
+            let amount = u32::try_from(reference.regrant(taken, want)).unwrap_or(u32::MAX);
             if amount == 0 {
                 return Ok(());
             }

@@ -87,6 +87,13 @@ pub struct ChannelRef {
     pub(crate) consumed: Option<std::sync::Arc<super::Consumed>>,
     /// PATCH(fargate-bastion): what did not fit the queue yet (channels with `consumed`).
     pub(crate) backlog: Backlog,
+    /// PATCH(fargate-bastion): the server's window budget, and what this
+    /// channel holds of it (its open window and what arrived but was not taken
+    /// yet), given back when the channel goes away.
+    pub(crate) budget: Option<std::sync::Arc<super::WindowBudget>>,
+    pub(crate) reserved: usize,
+    /// PATCH(fargate-bastion): it got less window than it wanted from the budget.
+    pub(crate) starved: bool,
 }
 
 impl ChannelRef {
@@ -96,6 +103,33 @@ impl ChannelRef {
             window_size: WindowSizeRef::new(0),
             consumed: None,             // PATCH(fargate-bastion)
             backlog: Backlog::default(), // PATCH(fargate-bastion)
+            budget: None,               // PATCH(fargate-bastion)
+            reserved: 0,
+            starved: false,
+        }
+    }
+
+    /// PATCH(fargate-bastion): the reader took `released` bytes (they left the
+    /// server's memory, and go back to the budget); takes up to `want` of
+    /// window to grant again. Returns what may be granted.
+    pub(crate) fn regrant(&mut self, released: usize, want: usize) -> usize {
+        let Some(budget) = self.budget.clone() else { return want.min(released) };
+        self.reserved = self.reserved.saturating_sub(released);
+        budget.give(released);
+        let got = budget.take(want);
+        self.reserved += got;
+        self.set_starved(got < want);
+        got
+    }
+
+    /// PATCH(fargate-bastion): a channel opened with less window than asked
+    /// (`set_starved(true)`) is offered more as the budget frees up.
+    pub(crate) fn set_starved(&mut self, starved: bool) {
+        if let Some(budget) = &self.budget
+            && self.starved != starved
+        {
+            budget.starve(starved);
+            self.starved = starved;
         }
     }
 
@@ -160,6 +194,16 @@ impl ChannelRef {
 
     pub(crate) fn window_size(&self) -> &WindowSizeRef {
         &self.window_size
+    }
+}
+
+/// PATCH(fargate-bastion): what a channel held of the window budget goes back with it.
+impl Drop for ChannelRef {
+    fn drop(&mut self) {
+        self.set_starved(false);
+        if let Some(budget) = &self.budget {
+            budget.give(std::mem::take(&mut self.reserved));
+        }
     }
 }
 

@@ -12,6 +12,9 @@ pub mod io;
 mod channel_ref;
 pub use channel_ref::ChannelRef;
 
+mod budget; // PATCH(fargate-bastion)
+pub use budget::WindowBudget;
+
 mod channel_stream;
 pub use channel_stream::ChannelStream;
 
@@ -540,6 +543,9 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
                 window_size,
                 consumed: None,                          // PATCH(fargate-bastion)
                 backlog: channel_ref::Backlog::default(), // PATCH(fargate-bastion)
+                budget: None,                            // PATCH(fargate-bastion)
+                reserved: 0,
+                starved: false,
             },
         )
     }

@@ -1542,8 +1542,8 @@ impl Session {
                             self.target_window_size = window
                         }
                     }
-                    if let Some(consumed) = &consumed {
-                        enc.grant_consumed(channel_num, consumed, target)?;
+                    if let (Some(consumed), Some(reference)) = (&consumed, self.channels.get_mut(&channel_num)) {
+                        enc.grant_consumed(channel_num, consumed, target, reference)?;
                     }
                 }
                 self.flush()?;
@@ -2070,6 +2070,18 @@ impl Session {
         } else {
             unreachable!()
         };
+        // PATCH(fargate-bastion): with a window budget, a channel starts with an
+        // eighth of the window (what it must consume before it asks for more),
+        // taken from the budget; less, or none, when the budget is spent. A
+        // window once granted cannot be taken back, so this keeps idle channels
+        // from holding a whole window each; the first re-opening grows it to
+        // `window_size`.
+        let budget = self.common.config.window_budget.clone();
+        let full = self.common.config.window_size;
+        let window_size = match &budget {
+            Some(budget) => budget.take((full as usize / 8).max(1)) as u32,
+            None => full,
+        };
         let channel_params = ChannelParams {
             recipient_channel: msg.recipient_channel,
 
@@ -2077,7 +2089,7 @@ impl Session {
             sender_channel,
 
             recipient_window_size: msg.recipient_window_size,
-            sender_window_size: self.common.config.window_size,
+            sender_window_size: window_size, // PATCH(fargate-bastion)
             recipient_maximum_packet_size: msg.recipient_maximum_packet_size,
             sender_maximum_packet_size: self.common.config.maximum_packet_size,
             confirmed: true,
@@ -2102,11 +2114,18 @@ impl Session {
         ));
         channel.read_half.consumed = Some(consumed.clone());
         channel_ref.consumed = Some(consumed);
+        // PATCH(fargate-bastion): the channel holds its window of the budget
+        // until it goes away (given back if the open is refused, too).
+        if budget.is_some() {
+            channel_ref.budget = budget;
+            channel_ref.reserved = window_size as usize;
+            channel_ref.set_starved(window_size < (full / 8).max(1));
+        }
 
         let pending = PendingChannelOpen {
             recipient_channel: msg.recipient_channel,
             sender_channel,
-            window_size: self.common.config.window_size,
+            window_size, // PATCH(fargate-bastion)
             packet_size: self.common.config.maximum_packet_size,
             channel_ref,
             channel_params,

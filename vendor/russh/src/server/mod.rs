@@ -101,6 +101,10 @@ pub struct Config {
     pub keepalive_max: usize,
     /// If active, invoke `set_nodelay(true)` on client sockets; disabled by default (i.e. Nagle's algorithm is active).
     pub nodelay: bool,
+    /// PATCH(fargate-bastion): a budget for the windows of all channels
+    /// clients open, shared by every connection given this config (see
+    /// [`crate::channels::WindowBudget`]). None: every channel gets `window_size`.
+    pub window_budget: Option<Arc<crate::channels::WindowBudget>>,
 }
 
 impl Default for Config {
@@ -120,6 +124,7 @@ impl Default for Config {
             window_size: 2097152,
             maximum_packet_size: 32768,
             channel_buffer_size: 100,
+            window_budget: None, // PATCH(fargate-bastion)
             event_buffer_size: 10,
             limits: Limits::default(),
             preferred: Default::default(),

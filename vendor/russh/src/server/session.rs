@@ -659,6 +659,9 @@ impl Session {
             future_or_pending(self.common.config.keepalive_interval, tokio::time::sleep);
         pin!(keepalive_timer);
 
+        // PATCH(fargate-bastion): see `budget_freed` below.
+        let mut budget_freed = self.common.config.window_budget.as_ref().map(|b| b.freed());
+
         let inactivity_timer =
             future_or_pending(self.common.config.inactivity_timeout, tokio::time::sleep);
         pin!(inactivity_timer);
@@ -720,6 +723,17 @@ impl Session {
             let rekey_timer = future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
             pin!(rekey_timer);
             let window_notify = self.window_notify.clone(); // PATCH(fargate-bastion)
+            // PATCH(fargate-bastion): window came back to the budget while channels starve.
+            let budget_freed = async {
+                match &mut budget_freed {
+                    Some(freed) => {
+                        if freed.changed().await.is_err() {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
 
             tokio::select! {
                 r = &mut reading => {
@@ -789,6 +803,9 @@ impl Session {
                 }
                 // PATCH(fargate-bastion): a channel's reader took data off its queue.
                 () = window_notify.notified(), if !self.kex.active() => {
+                    self.grant_consumed()?;
+                }
+                () = budget_freed, if !self.kex.active() => {
                     self.grant_consumed()?;
                 }
                 msg = self.priority_receiver.recv(), if !self.kex.active() => {
@@ -888,8 +905,8 @@ impl Session {
             for (id, channel) in &mut self.channels {
                 // PATCH(fargate-bastion): room in the queue for what waits in the backlog.
                 channel.flush_backlog();
-                if let Some(consumed) = &channel.consumed {
-                    enc.grant_consumed(*id, consumed, target)?;
+                if let Some(consumed) = channel.consumed.clone() {
+                    enc.grant_consumed(*id, &consumed, target, channel)?;
                 }
             }
         }

@@ -33,6 +33,9 @@ use crate::privileges::{self, Outcome};
 use crate::reload;
 use crate::session;
 
+mod accept;
+use accept::{AcceptLoop, bind_all};
+
 /// The identification string. It names the product, not the SSH library or
 /// its version, so that scanners learn nothing to match against advisories.
 const SERVER_ID: &str = "SSH-2.0-bastion";
@@ -303,146 +306,6 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds every listen address. The default is `[::]:22` accepting IPv6 and
-/// IPv4, or `0.0.0.0:22` on hosts (and containers) without IPv6.
-fn bind_all(listen: &Listen) -> anyhow::Result<Vec<std::net::TcpListener>> {
-    let sockets = match listen {
-        Listen::Default => match bind(Listen::default_dual_stack(), false) {
-            Ok(l) => vec![l],
-            Err(e) => {
-                warn!(event = "server.ipv6_unavailable", "cannot listen on [::]:22 ({e}); listening on IPv4 only");
-                vec![bind(Listen::default_ipv4(), false).context("listen on 0.0.0.0:22")?]
-            }
-        },
-        Listen::Explicit(addrs) => addrs
-            .iter()
-            .map(|addr| {
-                // `[::]:P` also takes IPv4, unless `0.0.0.0:P` is listed too.
-                let v6only = !addr.ip().is_unspecified()
-                    || addrs.iter().any(|o| o.is_ipv4() && o.ip().is_unspecified() && o.port() == addr.port());
-                bind(*addr, v6only).with_context(|| format!("listen on {addr}"))
-            })
-            .collect::<anyhow::Result<_>>()?,
-    };
-    Ok(sockets)
-}
-
-fn bind(addr: SocketAddr, v6only: bool) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(v6only)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
-}
-
-/// Accepts connections on one listener until shutdown.
-struct AcceptLoop {
-    listener: TcpListener,
-    config: Arc<Config>,
-    shared: Arc<Shared>,
-    deadlines: Arc<Deadlines>,
-    /// Connection limits and per-source penalties, shared by all listeners.
-    admission: Arc<Admission>,
-    /// New connections that may wait for an unauthenticated slot at once
-    /// (`--max-startups` of them), shared by all listeners: each holds a socket.
-    waiting: Arc<tokio::sync::Semaphore>,
-    /// Source of connection ids, shared by all listeners.
-    ids: Arc<AtomicU64>,
-    /// Some(deadline) once the server is stopping.
-    drain: Drain,
-    /// Dropped when the loop ends; cloned into every connection task.
-    done: mpsc::Sender<()>,
-}
-
-impl AcceptLoop {
-    async fn run(mut self) {
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            let accepted = tokio::select! {
-                _ = stopping(&mut self.drain) => return,
-                accepted = self.listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    backoff = Duration::from_millis(10);
-                    let task = ConnectionTask {
-                        config: self.config.clone(),
-                        shared: self.shared.clone(),
-                        deadlines: self.deadlines.clone(),
-                        drain: self.drain.clone(),
-                        _done: self.done.clone(),
-                    };
-                    match self.admission.admit(peer.ip(), std::time::Instant::now()) {
-                        Ok(ticket) => {
-                            let id = format!("c{}", self.ids.fetch_add(1, Ordering::Relaxed) + 1);
-                            tokio::spawn(task.run(ticket, stream, peer, id));
-                        }
-                        // Every unauthenticated slot is taken: wait (silently, as a full
-                        // listen backlog would) for one to free up or to stall, up to the
-                        // login grace time, a bounded number at a time.
-                        Err(Refusal::TooManyStartups(_))
-                            if let Ok(place) = self.waiting.clone().try_acquire_owned() =>
-                        {
-                            let (admission, ids) = (self.admission.clone(), self.ids.clone());
-                            let until = Instant::now() + self.deadlines.login_grace_time;
-                            tokio::spawn(async move {
-                                let admitted = wait_for_slot(&admission, peer.ip(), until).await;
-                                drop(place);
-                                match admitted {
-                                    Ok(ticket) => {
-                                        let id = format!("c{}", ids.fetch_add(1, Ordering::Relaxed) + 1);
-                                        task.run(ticket, stream, peer, id).await;
-                                    }
-                                    Err(refusal) => refused(peer, &refusal),
-                                }
-                            });
-                        }
-                        // Closed before a byte is sent: costs the bastion nothing more.
-                        Err(refusal) => refused(peer, &refusal),
-                    }
-                }
-                Err(e) => {
-                    // Out of file descriptors or memory: wait instead of spinning,
-                    // longer each time, as mini-redis does.
-                    error!(event = "server.accept_error", error = %e, "accept failed: {e}; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
-        }
-    }
-}
-
-fn refused(peer: SocketAddr, refusal: &Refusal) {
-    info!(target: "audit", event = "connection.refused", peer = %peer, reason = %refusal,
-        "connection from {peer} refused: {refusal}");
-}
-
-/// Admits a connection once an unauthenticated slot frees up or one of them
-/// stalls (and is evicted), or refuses it at `until`.
-async fn wait_for_slot(admission: &Arc<Admission>, ip: std::net::IpAddr, until: Instant) -> Result<Ticket, Refusal> {
-    loop {
-        let released = admission.released();
-        match admission.admit(ip, std::time::Instant::now()) {
-            Err(Refusal::TooManyStartups(n)) => {
-                if Instant::now() >= until {
-                    return Err(Refusal::TooManyStartups(n));
-                }
-                let next_stall = admission.next_stall().map_or(until, Instant::from_std).min(until);
-                tokio::select! {
-                    _ = released => {}
-                    _ = tokio::time::sleep_until(next_stall) => {}
-                }
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Serves one SSH connection from accept to close.
 struct ConnectionTask {
     config: Arc<Config>,
@@ -691,8 +554,6 @@ async fn stopping(drain: &mut Drain) -> Instant {
     deadline.unwrap_or_else(Instant::now)
 }
 
-/// Tells the client why, then closes the connection. The result is
-/// ignored: the session may already be gone, which is the goal anyway.
 /// The connection's socket, and a second descriptor for it (see `serve`).
 fn duplicate(stream: TcpStream) -> io::Result<(TcpStream, std::net::TcpStream)> {
     let std = stream.into_std()?;
@@ -700,6 +561,8 @@ fn duplicate(stream: TcpStream) -> io::Result<(TcpStream, std::net::TcpStream)> 
     Ok((TcpStream::from_std(std)?, closer))
 }
 
+/// Tells the client why, then closes the connection. The result is ignored:
+/// the session may already be gone, which is the goal anyway.
 /// Asks russh to send a disconnect; does not wait on a session that is stuck
 /// (the caller closes the socket after [`CLOSE_GRACE`] if the session has not ended).
 async fn disconnect(handle: &russh::server::Handle, why: &str) {

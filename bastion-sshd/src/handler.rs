@@ -18,7 +18,7 @@ use tracing::{debug, info};
 use crate::auth::{self, Credential, Expiry, Identity};
 use crate::keys::LiveKeys;
 use crate::policy::{Decision, KeyRights, Policy, Target};
-use crate::resolve::{ConnectionLookups, SystemResolver, TotalLookups};
+use crate::resolve::{LookupsByKey, TotalLookups};
 use crate::{session, tunnel};
 
 mod tunnel_task;
@@ -59,6 +59,9 @@ pub struct Shared {
     /// Caps name lookups in flight on the whole server (64), stuck ones
     /// included, far below tokio's 512 blocking threads (`resolve`).
     pub lookups: TotalLookups,
+    /// Caps each key's name lookups in flight (4), across its connections,
+    /// stuck ones included: one user's dead zone delays no one else (`resolve`).
+    pub key_lookups: LookupsByKey,
 }
 
 /// Server-wide tunnel counts, for the shutdown report.
@@ -95,9 +98,6 @@ pub struct Signals {
     pub credential: Mutex<Option<Credential>>,
     /// Tunnel rights from the latest re-check (a reload may change permitopen).
     pub rights: Mutex<Option<KeyRights>>,
-    /// Caps this connection's name lookups in flight (4), stuck ones included:
-    /// a zone that never answers delays only the user resolving in it (`resolve`).
-    pub lookups: ConnectionLookups,
     /// Held by the connection and its tunnel tasks; shutdown waits until all are dropped.
     pub _done: Option<tokio::sync::mpsc::Sender<()>>,
     /// Where attempts to authenticate are reported to the admission limits: a
@@ -116,7 +116,6 @@ impl Default for Signals {
             expires: Mutex::new(None),
             credential: Mutex::new(None),
             rights: Mutex::new(None),
-            lookups: ConnectionLookups::default(),
             _done: None,
             progress: None,
         }

@@ -1,5 +1,6 @@
 //! Name resolution for tunnel targets: getaddrinfo(3), bounded in time and in
-//! concurrency, per connection and in total.
+//! concurrency, per key (across its connections, so per connection too) and
+//! in total.
 //!
 //! getaddrinfo blocks, so each lookup runs on tokio's blocking pool. A timeout
 //! can stop *waiting* for a lookup but cannot stop the thread: under a zone
@@ -12,18 +13,19 @@
 //! allows (512) and queues more behind them, and every other user's lookups
 //! then time out.
 //!
-//! So each lookup first takes a permit from its connection
-//! ([`ConnectionLookups`]) and one from the server ([`TotalLookups`]), and
+//! So each lookup first takes a permit from its key
+//! ([`KeyLookups`]) and one from the server ([`TotalLookups`]), and
 //! moves both into the blocking closure: they are returned when getaddrinfo
 //! returns, not when we stop waiting. Stuck lookups keep counting against the
 //! caps, so no number of timed-out lookups can exhaust the pool, and a
-//! connection whose lookups are stuck can only wait for its own permits.
+//! key whose lookups are stuck can only wait for its own permits.
 //! Waiting for the permits counts against the same deadline as the lookup
 //! (the connect timeout); a lookup that could not start says why.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -31,13 +33,14 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::policy::{Resolve, Target};
 
-/// Lookups in flight on one connection. Answered lookups take milliseconds,
-/// and one that finds the 4 taken waits for a free one (within the connect
-/// timeout), so a client resolving many names at once (a browser on `-D`)
-/// is slowed, not refused. It is what keeps one user's never-answering zone
-/// from delaying another user: that user's stuck lookups hold their own
-/// connection's 4 permits and only 4 of the server's.
-pub const LOOKUPS_PER_CONNECTION: usize = 4;
+/// Lookups in flight for one key (one user), across all its connections.
+/// Answered lookups take milliseconds, and one that finds the 4 taken waits
+/// for a free one (within the connect timeout), so a client resolving many
+/// names at once (a browser on `-D`) is slowed, not refused. It is what keeps
+/// one user's never-answering zone from delaying another user: that user's
+/// stuck lookups hold their own key's 4 permits and only 4 of the server's,
+/// however many connections they open.
+pub const LOOKUPS_PER_KEY: usize = 4;
 
 /// Lookups in flight on the whole server: an eighth of tokio's 512 blocking
 /// threads, so that stuck lookups can never take the pool (the rest stays
@@ -70,11 +73,11 @@ impl Slots {
     }
 }
 
-/// The name lookups of one connection: one per connection, shared by its tunnel tasks.
+/// The name lookups of one key: shared by its connections' tunnel tasks (see [`LookupsByKey`]).
 #[derive(Debug, Clone)]
-pub struct ConnectionLookups(Slots);
+pub struct KeyLookups(Slots);
 
-impl ConnectionLookups {
+impl KeyLookups {
     pub fn new(cap: usize) -> Self {
         Self(Slots::new(cap))
     }
@@ -85,9 +88,23 @@ impl ConnectionLookups {
     }
 }
 
-impl Default for ConnectionLookups {
+impl Default for KeyLookups {
     fn default() -> Self {
-        Self::new(LOOKUPS_PER_CONNECTION)
+        Self::new(LOOKUPS_PER_KEY)
+    }
+}
+
+/// The [`KeyLookups`] of every key that has a tunnel, or a stuck lookup, now.
+#[derive(Debug, Default)]
+pub struct LookupsByKey(Mutex<HashMap<String, KeyLookups>>);
+
+impl LookupsByKey {
+    /// The lookups of the key with this fingerprint.
+    pub fn of(&self, fingerprint: &str) -> KeyLookups {
+        let mut keys = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget keys nothing holds any more: no tunnel resolving, no lookup stuck.
+        keys.retain(|_, lookups| Arc::strong_count(&lookups.0.free) > 1);
+        keys.entry(fingerprint.to_string()).or_default().clone()
     }
 }
 
@@ -128,20 +145,20 @@ pub struct SystemResolver<L = LookupFn> {
     /// For waiting for permits and for the lookup, together (`--connect-timeout`).
     timeout: Duration,
     /// The tunnel's connection's permits; a lookup holds one until getaddrinfo returns.
-    connection: ConnectionLookups,
+    connection: KeyLookups,
     /// The server's permits, held the same way.
     total: TotalLookups,
     lookup: L,
 }
 
 impl SystemResolver {
-    pub fn new(timeout: Duration, connection: &ConnectionLookups, total: &TotalLookups) -> Self {
+    pub fn new(timeout: Duration, connection: &KeyLookups, total: &TotalLookups) -> Self {
         Self::with_lookup(timeout, connection, total, getaddrinfo)
     }
 }
 
 impl<L> SystemResolver<L> {
-    pub fn with_lookup(timeout: Duration, connection: &ConnectionLookups, total: &TotalLookups, lookup: L) -> Self {
+    pub fn with_lookup(timeout: Duration, connection: &KeyLookups, total: &TotalLookups, lookup: L) -> Self {
         Self { timeout, connection: connection.clone(), total: total.clone(), lookup }
     }
 }
@@ -162,7 +179,7 @@ where
         // The connection's permit first: a connection waits for the server's
         // with at most its own few lookups, never with all of them.
         let Some(own) = self.connection.0.take(deadline).await else {
-            return Err(busy("on this connection", self.connection.0.cap));
+            return Err(busy("for this key", self.connection.0.cap));
         };
         let Some(all) = self.total.0.take(deadline).await else {
             return Err(busy("on the bastion", self.total.0.cap));
@@ -256,11 +273,11 @@ mod tests {
         let gate = Arc::new(Gate::default());
         let _release = Release(gate.clone());
         let total = TotalLookups::new(LOOKUPS_IN_TOTAL);
-        let (a, b) = (ConnectionLookups::default(), ConnectionLookups::default());
+        let (a, b) = (KeyLookups::default(), KeyLookups::default());
         let short_a = SystemResolver::with_lookup(SHORT, &a, &total, gate.lookup());
 
         // Connection A's four lookups under a dead zone time out...
-        for n in 0..LOOKUPS_PER_CONNECTION {
+        for n in 0..LOOKUPS_PER_KEY {
             let err = resolve(&short_a, &format!("stuck{n}.slow.test")).await.unwrap_err();
             assert_eq!(err, format!("resolving stuck{n}.slow.test timed out after 300ms"));
         }
@@ -273,7 +290,7 @@ mod tests {
         let err = resolve(&short_a, "db.good.test").await.unwrap_err();
         assert_eq!(
             err,
-            "cannot resolve db.good.test: too many name lookups in progress on this connection (4 at most; none finished within 300ms)"
+            "cannot resolve db.good.test: too many name lookups in progress for this key (4 at most; none finished within 300ms)"
         );
         assert!(started.elapsed() >= SHORT && started.elapsed() < SHORT * 5, "{:?}", started.elapsed());
         assert!(!gate.asked().contains(&"db.good.test".to_string()), "the fifth lookup ran: {:?}", gate.asked());
@@ -297,8 +314,8 @@ mod tests {
         let _release = Release(gate.clone());
         // Five in total: A's four stuck lookups and one of B's fill it.
         let total = TotalLookups::new(5);
-        let (a, b, c) = (ConnectionLookups::default(), ConnectionLookups::default(), ConnectionLookups::default());
-        let on = |conn: &ConnectionLookups, timeout| SystemResolver::with_lookup(timeout, conn, &total, gate.lookup());
+        let (a, b, c) = (KeyLookups::default(), KeyLookups::default(), KeyLookups::default());
+        let on = |conn: &KeyLookups, timeout| SystemResolver::with_lookup(timeout, conn, &total, gate.lookup());
         for n in 0..4 {
             assert!(resolve(&on(&a, SHORT), &format!("stuck{n}.slow.test")).await.is_err());
         }
@@ -325,9 +342,35 @@ mod tests {
         assert!(gate.asked().iter().filter(|n| *n == "db.good.test").count() == 1, "{:?}", gate.asked());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_keys_connections_share_its_lookups_and_other_keys_are_not_delayed() {
+        let gate = Arc::new(Gate::default());
+        let _release = Release(gate.clone());
+        let (keys, total) = (LookupsByKey::default(), TotalLookups::default());
+        // Two connections of one key: their stuck lookups count together.
+        let (first, second) = (keys.of("SHA256:attacker"), keys.of("SHA256:attacker"));
+        for n in 0..LOOKUPS_PER_KEY {
+            let resolver = SystemResolver::with_lookup(SHORT, &first, &total, gate.lookup());
+            assert!(resolve(&resolver, &format!("stuck{n}.slow.test")).await.is_err());
+        }
+        let err = resolve(&SystemResolver::with_lookup(SHORT, &second, &total, gate.lookup()), "db.good.test")
+            .await
+            .unwrap_err();
+        assert!(err.contains("too many name lookups in progress for this key"), "{err}");
+        let other = keys.of("SHA256:user");
+        let resolved = resolve(&SystemResolver::with_lookup(LONG, &other, &total, gate.lookup()), "db.good.test").await;
+        assert_eq!(resolved.unwrap().len(), 1);
+        // A key is forgotten once nothing holds its lookups, and not before.
+        drop((first, second, other));
+        assert_eq!(keys.of("SHA256:attacker").in_flight(), LOOKUPS_PER_KEY, "its stuck lookups still count");
+        gate.release();
+        until("the stuck lookups returned", || total.in_flight() == 0).await;
+        assert_eq!(keys.0.lock().unwrap().len(), 1, "only the key just asked for is kept");
+    }
+
     #[tokio::test]
     async fn getaddrinfo_errors_and_literals_come_through() {
-        let (conn, total) = (ConnectionLookups::default(), TotalLookups::default());
+        let (conn, total) = (KeyLookups::default(), TotalLookups::default());
         let resolver = SystemResolver::new(LONG, &conn, &total);
         assert_eq!(resolve(&resolver, "10.0.3.7").await.unwrap(), vec![SocketAddr::from(([10, 0, 3, 7], 5432))]);
         let failing = SystemResolver::with_lookup(LONG, &conn, &total, |_: &str, _: u16| {

@@ -249,6 +249,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         drain: drain_rx.clone(),
         tunnels: TunnelStats::default(),
         lookups: crate::resolve::TotalLookups::default(),
+        key_lookups: crate::resolve::LookupsByKey::default(),
     });
     let deadlines = Arc::new(Deadlines {
         login_grace_time: args.login_grace_time,

@@ -134,7 +134,8 @@ pub(super) async fn open_tunnel(
 ) {
     let started = Instant::now();
     let timeout = shared.connect_timeout;
-    let resolver = SystemResolver::new(timeout, &signals.lookups, &shared.lookups);
+    let key_lookups = shared.key_lookups.of(&log.identity.fingerprint);
+    let resolver = crate::resolve::SystemResolver::new(timeout, &key_lookups, &shared.lookups);
     // Read for every decision: always current, fails closed (see interfaces.rs).
     let own = crate::interfaces::LocalAddresses::read();
     let addrs = match shared.policy.decide(&log.identity.rights, &target, &resolver, &own).await {

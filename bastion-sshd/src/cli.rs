@@ -157,9 +157,10 @@ pub struct ServerArgs {
     #[arg(long, value_name = "CIDR", env = "BASTION_PENALTY_EXEMPT", value_delimiter = ',')]
     pub penalty_exempt: Vec<String>,
 
-    /// Sources of the task's own health check (CIDR ranges, or `none`): admitted outside
-    /// --max-startups, --per-source-max-startups and --max-connections, 4 at a time, and never
-    /// penalized, so that a flood cannot make the health check fail. Only ranges no remote
+    /// Sources of the task's own health check (CIDR ranges, or `none`): served like any
+    /// connection until --max-startups, --per-source-max-startups or --max-connections would
+    /// refuse them, then from a reserve of 4 outside those limits, and never penalized, so
+    /// that a flood cannot make the health check fail. Only ranges no remote
     /// client can come from: in an ECS task, loopback is the task itself.
     #[arg(
         long,

@@ -11,8 +11,9 @@
 //! Two rules keep a flood of idle unauthenticated connections from locking
 //! everyone out (OpenSSH's MaxStartups alone would):
 //! - the task's own health check comes from sources no remote client can
-//!   have (loopback, `health_check_sources`): it is admitted outside every
-//!   limit, a few at a time, and never penalized;
+//!   have (loopback, `health_check_sources`): served like any other until a
+//!   limit would refuse it, then from a reserve outside every limit, a few at
+//!   a time; never penalized;
 //! - a connection that has not tried to authenticate for [`STALLED_AFTER`]
 //!   holds its slot without progress: when the unauthenticated slots are
 //!   full, a new connection takes the slot of the one stalled longest, and a
@@ -43,12 +44,13 @@ pub struct Limits {
     pub penalty_max: Duration,
     /// Sources never penalized (a NAT gateway shared by many users, a health checker).
     pub penalty_exempt: Vec<IpNet>,
-    /// The task's own health check (loopback): admitted outside the other
-    /// limits, [`RESERVED`] at a time, never penalized. Empty: no reservation.
+    /// The task's own health check (loopback): when a limit would refuse it,
+    /// admitted from a reserve of [`RESERVED`] outside the limits; never
+    /// penalized. Empty: no reservation.
     pub health_check_sources: Vec<IpNet>,
 }
 
-/// Connections from `health_check_sources` served at once, outside the other limits.
+/// Connections from `health_check_sources` served at once outside the other limits, when those are reached.
 pub const RESERVED: usize = 4;
 
 /// An unauthenticated connection that has not tried to authenticate for this
@@ -144,6 +146,8 @@ impl Progress {
 struct Startup {
     key: IpAddr,
     progress: Arc<Progress>,
+    /// From a health check source: never penalized.
+    health: bool,
 }
 
 #[derive(Debug, Default)]
@@ -195,13 +199,33 @@ impl Admission {
         state.next_id += 1;
         let id = state.next_id;
         let progress = Progress::new(now);
-        if self.limits.health_check_sources.iter().any(|net| net.contains(&canonical(ip))) {
+        let health = self.health_check(ip);
+        if let Some(refusal) = self.refusal(&mut state, key, now) {
+            // The health check: served from the reserve when the limits are reached.
+            if !health {
+                return Err(refusal);
+            }
             if state.reserved >= RESERVED {
                 return Err(Refusal::TooManyHealthChecks(state.reserved));
             }
             state.reserved += 1;
-            return Ok(Ticket { admission: self.clone(), id, key, progress, reserved: true });
+            return Ok(Ticket { admission: self.clone(), id, key, progress, reserved: true, health });
         }
+        state.connections += 1;
+        state.startups += 1;
+        state.sources.entry(key).or_default().startups += 1;
+        state.pending.insert(id, Startup { key, progress: progress.clone(), health });
+        Ok(Ticket { admission: self.clone(), id, key, progress, reserved: false, health })
+    }
+
+    fn health_check(&self, ip: IpAddr) -> bool {
+        self.limits.health_check_sources.iter().any(|net| net.contains(&canonical(ip)))
+    }
+
+    /// Why a new connection from `key` cannot be admitted now, if it cannot:
+    /// when the unauthenticated slots are full, the one stalled longest is
+    /// evicted to make room.
+    fn refusal(&self, state: &mut State, key: IpAddr, now: Instant) -> Option<Refusal> {
         // Forget sources with nothing open whose last penalty ended more than
         // penalty_max ago (until then, a new failure doubles the last penalty).
         // Under a flood of distinct sources, keep only what is active now.
@@ -213,23 +237,19 @@ impl Admission {
         if let Some(until) = state.sources.get(&key).and_then(|s| s.penalized_until)
             && until > now
         {
-            return Err(Refusal::Penalized(until - now));
+            return Some(Refusal::Penalized(until - now));
         }
         if state.connections >= self.limits.max_connections {
-            return Err(Refusal::TooManyConnections(state.connections));
+            return Some(Refusal::TooManyConnections(state.connections));
         }
         let from_source = state.sources.get(&key).map_or(0, |s| s.startups);
         if from_source >= self.limits.per_source_max_startups {
-            return Err(Refusal::TooManyStartupsFromSource(from_source));
+            return Some(Refusal::TooManyStartupsFromSource(from_source));
         }
-        if state.startups >= self.limits.max_startups && !self.evict_stalled(&mut state, now) {
-            return Err(Refusal::TooManyStartups(state.startups));
+        if state.startups >= self.limits.max_startups && !self.evict_stalled(state, now) {
+            return Some(Refusal::TooManyStartups(state.startups));
         }
-        state.connections += 1;
-        state.startups += 1;
-        state.sources.entry(key).or_default().startups += 1;
-        state.pending.insert(id, Startup { key, progress: progress.clone() });
-        Ok(Ticket { admission: self.clone(), id, key, progress, reserved: false })
+        None
     }
 
     /// Frees the slot of the connection stalled longest, if one has stalled
@@ -244,7 +264,7 @@ impl Admission {
             .map(|(id, _)| id);
         let Some(startup) = victim.and_then(|id| state.pending.remove(&id)) else { return false };
         Ticket::leave_startup(state, startup.key);
-        let penalty = self.penalize(state, startup.key, now);
+        let penalty = if startup.health { None } else { self.penalize(state, startup.key, now) };
         *startup.progress.evicted.lock().unwrap_or_else(|e| e.into_inner()) = Some(penalty);
         startup.progress.evict.notify_waiters();
         true
@@ -299,8 +319,10 @@ pub struct Ticket {
     id: u64,
     key: IpAddr,
     progress: Arc<Progress>,
-    /// From a health check source: outside the other limits.
+    /// Served from the health checks' reserve, outside the other limits.
     reserved: bool,
+    /// From a health check source: never penalized.
+    health: bool,
 }
 
 impl Ticket {
@@ -336,7 +358,7 @@ impl Ticket {
     /// (penalized when evicted) get none here.
     pub fn failed_login(&mut self, tried: bool, now: Instant) -> Option<Duration> {
         let mut state = self.admission.lock();
-        if !state.pending.contains_key(&self.id) {
+        if self.health || !state.pending.contains_key(&self.id) {
             return None;
         }
         let stalled = now.saturating_duration_since(self.progress.last()) >= STALLED_AFTER;
@@ -487,6 +509,20 @@ mod tests {
         // Sits on its slot, then leaves before the login grace time without trying.
         let mut idle = a.admit(ip("203.0.113.7"), t0).unwrap();
         assert_eq!(idle.failed_login(false, t0 + STALLED_AFTER), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_health_check_source_is_served_like_any_other_until_a_limit_refuses_it() {
+        let a = Admission::new(limits());
+        let now = Instant::now();
+        // Within the limits: counted as usual (a user on the bastion's own host is not capped at 4).
+        let normal: Vec<Ticket> = (0..2).map(|_| a.admit(ip("127.0.0.1"), now).unwrap()).collect();
+        assert_eq!(a.counts(), (2, 2));
+        // Past --per-source-max-startups (2 here): from the reserve.
+        let reserved = a.admit(ip("127.0.0.1"), now).unwrap();
+        assert_eq!(a.counts(), (2, 2));
+        drop((normal, reserved));
+        assert_eq!(a.counts(), (0, 0));
     }
 
     #[test]

@@ -211,7 +211,10 @@ fn bastion(ns: &Namespace, dir: &Path, keys: &[&ClientKey]) -> Server {
     cmd.args(["run", "--log-format", "json", "--listen", "127.0.0.1:0", "--authorized-keys"])
         .arg(&authorized)
         // 127.0.0.1, where good.test points, is loopback: only an explicit entry opens it.
-        .args(["--permit-open", "127.0.0.1:*", "--penalty", "0s", "--connect-timeout", "1s"]);
+        // `*:80` for the attacker's names: a failed lookup is told as such only where the name
+        // could be opened whatever it resolves to (behind address entries alone it is "not
+        // permitted", so that refusals do not say which names exist).
+        .args(["--permit-open", "127.0.0.1:*,*:80", "--penalty", "0s", "--connect-timeout", "1s"]);
     for (var, _) in std::env::vars_os() {
         if var.to_string_lossy().starts_with("BASTION_") || var == "RUST_LOG" {
             cmd.env_remove(var);

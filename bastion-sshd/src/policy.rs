@@ -280,6 +280,25 @@ impl PermitList {
     }
 
     /// Does an entry name `addr` (canonical) itself, for this port? Not `*`, a name or a range.
+    /// Could the target's name be opened whatever it resolves to (outside the
+    /// denied ranges): no list, a `*` host or an entry for the name itself?
+    /// Only then may a failed lookup be told to the client: behind address
+    /// ranges alone, "cannot resolve" against "not permitted" would say which
+    /// names exist.
+    fn opens_any_address_of(&self, target: &Target) -> bool {
+        match self {
+            PermitList::Any => true,
+            PermitList::Only(rules) => rules.iter().any(|r| {
+                r.port_matches(target.port)
+                    && match &r.host {
+                        HostPattern::Any => true,
+                        HostPattern::Name(n) => *n == target.name(),
+                        HostPattern::Addr(_) | HostPattern::Net(_) => false,
+                    }
+            }),
+        }
+    }
+
     fn names_address(&self, target: &Target, addr: IpAddr) -> bool {
         match self {
             PermitList::Any => false,
@@ -370,11 +389,21 @@ impl Policy {
         let resolved = match target.literal() {
             Some(ip) => vec![SocketAddr::new(ip, target.port)],
             None => match resolver.resolve(target).await {
-                Ok(addrs) if addrs.is_empty() => {
-                    return Decision::Unresolved(format!("{} has no address", target.host));
+                Ok(addrs) if !addrs.is_empty() => addrs,
+                failed => {
+                    let why = match failed {
+                        Ok(_) => format!("{} has no address", target.host),
+                        Err(e) => e,
+                    };
+                    // Behind address ranges alone, the client learns only that it is refused.
+                    return if self.global.opens_any_address_of(target)
+                        && rights.permit_open.opens_any_address_of(target)
+                    {
+                        Decision::Unresolved(why)
+                    } else {
+                        Decision::Withheld { reason: format!("{target} is not permitted"), detail: why }
+                    };
                 }
-                Ok(addrs) => addrs,
-                Err(e) => return Decision::Unresolved(e),
             },
         };
         let mut allowed = Vec::new();

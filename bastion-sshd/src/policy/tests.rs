@@ -247,6 +247,29 @@ fn refusals_of_names_never_show_what_they_resolved_to() {
 }
 
 #[test]
+fn behind_address_ranges_a_name_that_does_not_resolve_is_only_refused() {
+    // With ranges only, "cannot resolve" against "not permitted" would tell which names exist.
+    let p = policy("10.1.0.0/16:5432");
+    match decide(&p, &KeyRights::default(), "nx.internal", 5432) {
+        Decision::Withheld { reason, detail } => {
+            assert_eq!(reason, "nx.internal:5432 is not permitted");
+            assert!(detail.contains("cannot resolve nx.internal"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Where the name could be opened whatever it resolves to, the user is told why it failed.
+    for list in ["any", "*:5432", "nx.internal:5432, 10.1.0.0/16:5432"] {
+        match decide(&policy(list), &KeyRights::default(), "nx.internal", 5432) {
+            Decision::Unresolved(reason) => assert!(reason.contains("cannot resolve nx.internal"), "{list}: {reason}"),
+            other => panic!("{list}: {other:?}"),
+        }
+    }
+    // A key's own ranges count the same way.
+    let ranges = KeyRights { permit_open: PermitList::parse_list("10.1.0.0/16:*").unwrap(), ..KeyRights::default() };
+    assert!(matches!(decide(&policy("any"), &ranges, "nx.internal", 5432), Decision::Withheld { .. }));
+}
+
+#[test]
 fn names_outside_the_list_are_not_resolved() {
     let p = policy("db.internal:5432");
     match decide(&p, &KeyRights::default(), "unknown.name", 5432) {

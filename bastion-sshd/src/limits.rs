@@ -447,6 +447,18 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_64_is_penalized_as_one_source() {
+        let a = Admission::new(limits());
+        let now = Instant::now();
+        let mut t = a.admit(ip("2001:db8:7:7::1"), now).unwrap();
+        assert_eq!(t.failed_login(true, now), Some(Duration::from_secs(2)));
+        drop(t);
+        // Another address of the same /64 is the same source; the next /64 is not.
+        assert_eq!(a.admit(ip("2001:db8:7:7:ffff::9"), now).unwrap_err(), Refusal::Penalized(Duration::from_secs(2)));
+        assert!(a.admit(ip("2001:db8:7:8::1"), now).is_ok());
+    }
+
+    #[test]
     fn penalties_grow_expire_and_reset_on_login() {
         let a = Admission::new(limits());
         let t0 = Instant::now();

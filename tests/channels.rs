@@ -29,6 +29,14 @@ fn hostile(server: &Server, key: &ClientKey, mode: &str, extra: &[&str]) -> Comm
     cmd
 }
 
+/// Runs a hostile.py mode to its end; its last line, parsed.
+fn outcome(mut cmd: Command) -> Value {
+    let out = cmd.output().expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "hostile.py failed: {stdout}");
+    json(stdout.lines().last().unwrap_or_else(|| panic!("hostile.py printed nothing")))
+}
+
 /// The server's resident memory, in KiB.
 fn rss_kib(server: &Server) -> u64 {
     let status = Path::new("/proc").join(server.proc.child.id().to_string()).join("status");
@@ -144,11 +152,8 @@ fn a_client_closing_a_tunnel_channel_ends_the_tunnel_and_frees_its_place() {
     let key = ClientKey::generate(dir.path(), "cancel", "ed25519", None);
     let server = ServerBuilder::new(dir.path()).args(["--max-channels", "4"]).authorize(&[&key]).start();
     let (target, accepted) = silent_target();
-    let out = hostile(&server, &key, "cancel", &["--count", "20", "--target-port", &target.port().to_string()])
-        .output()
-        .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    let seen: Value = json(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
+    let seen =
+        outcome(hostile(&server, &key, "cancel", &["--count", "20", "--target-port", &target.port().to_string()]));
     // With --max-channels 4, a tunnel kept open after its channel closed would refuse the fifth.
     assert_eq!(seen["opened"], 20, "{seen}");
     assert_eq!(seen["alive"], true, "{seen}");
@@ -194,25 +199,9 @@ fn small_packets_and_requests_behind_a_stuck_tunnel_do_not_freeze_the_connection
     // Once the tunnel is stuck its queue holds the window (64 packets of 32 KiB); then 300 one-byte
     // data packets (within the tenth of the window tolerated over it) and 300 requests, which use
     // no window: three times the 100 places of the channel's queue.
-    let out = hostile(
-        &server,
-        &key,
-        "stall-then-trickle",
-        &[
-            "--count",
-            "300",
-            "--timeout",
-            "10",
-            "--target-port",
-            &stuck.port().to_string(),
-            "--closing-port",
-            &echo.addr.port().to_string(),
-        ],
-    )
-    .output()
-    .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    let seen: Value = json(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
+    let (stuck, echo) = (stuck.port().to_string(), echo.addr.port().to_string());
+    let args = ["--count", "300", "--timeout", "10", "--target-port", &stuck, "--closing-port", &echo];
+    let seen = outcome(hostile(&server, &key, "stall-then-trickle", &args));
     eprintln!("CHANNELS | stuck tunnel, then 300 x 1-byte packets and 300 requests | {seen}");
     assert_eq!(seen["echoed"], true, "the connection froze behind the stuck tunnel: {seen}");
     assert_eq!(seen["alive"], true, "{seen}");
@@ -227,16 +216,9 @@ fn requests_piling_up_behind_a_stuck_tunnel_end_that_connection_only() {
     let echo = EchoServer::start();
     // Requests use no window: past 1 024 waiting behind a reader that does not read, the peer is
     // disconnected rather than queued without end.
-    let out = hostile(
-        &server,
-        &key,
-        "stall-then-trickle",
-        &["--count", "1100", "--timeout", "5", "--target-port", &stuck.port().to_string()],
-    )
-    .args(["--closing-port", &echo.addr.port().to_string()])
-    .output()
-    .expect("python3");
-    let seen: Value = json(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
+    let (stuck, echo_port) = (stuck.port().to_string(), echo.addr.port().to_string());
+    let args = ["--count", "1100", "--timeout", "5", "--target-port", &stuck, "--closing-port", &echo_port];
+    let seen = outcome(hostile(&server, &key, "stall-then-trickle", &args));
     assert_eq!(seen["alive"], false, "{seen}");
     let closed = server.wait_event("connection.closed", |_| true);
     assert!(closed["reason"].as_str().unwrap().contains("more than 1024 channel requests waiting"), "{closed}");
@@ -300,17 +282,9 @@ fn a_spent_window_budget_slows_the_newest_stream_and_refuses_nothing() {
     let server = ServerBuilder::new(dir.path()).args(["--window-budget", "4"]).authorize(&[&key]).start();
     let (stuck, _held) = stuck_target();
     let echo = EchoServer::start();
-    let out = hostile(
-        &server,
-        &key,
-        "squeeze",
-        &["--count", "2", "--stall", "2", "--target-port", &stuck.port().to_string()],
-    )
-    .args(["--closing-port", &echo.addr.port().to_string()])
-    .output()
-    .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    let seen: Value = json(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
+    let (stuck, echo) = (stuck.port().to_string(), echo.addr.port().to_string());
+    let args = ["--count", "2", "--stall", "2", "--target-port", &stuck, "--closing-port", &echo];
+    let seen = outcome(hostile(&server, &key, "squeeze", &args));
     eprintln!("CHANNELS | window budget 4 MiB, two stuck tunnels, then a new one | {seen}");
     // The newest tunnel opens (nothing is refused) but gets no window while the budget is spent...
     assert_eq!(seen["echoed_while_full"], 0, "{seen}");

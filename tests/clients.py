@@ -345,8 +345,10 @@ def run_ssh2(args):
                     except BlockingIOError:
                         pass
                 if f.to_chan:
-                    rc, n = f.chan.write(f.to_chan)
-                    if rc != EAGAIN and n > 0:
+                    # `n` counts what was written even when the window ran out
+                    # part way (rc EAGAIN): resume after it, as ssh2-python documents.
+                    _, n = f.chan.write(f.to_chan)
+                    if n > 0:
                         f.to_chan = f.to_chan[n:]
                         progress = True
                 if f.local_eof and not f.to_chan and not f.eof_sent:

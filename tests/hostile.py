@@ -526,8 +526,10 @@ def squeeze():
 
     for i, chan in enumerate(full):
         threading.Thread(target=fill, args=(i, chan), daemon=True).start()
-    last, since = -1, time.monotonic()
-    while time.monotonic() - since < 1.0:
+    # Full: every window spent and nothing moved for a second (see stall_then_trickle).
+    last, since, give_up = -1, time.monotonic(), time.monotonic() + 60
+    while ((time.monotonic() - since < 1.0 or any(c.out_window_size > 0 for c in full))
+           and time.monotonic() < give_up):
         time.sleep(0.1)
         if sum(sent) != last:
             last, since = sum(sent), time.monotonic()

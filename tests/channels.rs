@@ -219,7 +219,8 @@ fn requests_piling_up_behind_a_stuck_tunnel_end_that_connection_only() {
     let (stuck, echo_port) = (stuck.port().to_string(), echo.addr.port().to_string());
     let args = ["--count", "1100", "--timeout", "5", "--target-port", &stuck, "--closing-port", &echo_port];
     let seen = outcome(hostile(&server, &key, "stall-then-trickle", &args));
-    assert_eq!(seen["alive"], false, "{seen}");
+    // The server hung up (paramiko may not have noticed yet: the server's log says why).
+    assert_ne!(seen["echoed"], true, "{seen}");
     let closed = server.wait_event("connection.closed", |_| true);
     assert!(closed["reason"].as_str().unwrap().contains("more than 1024 channel requests waiting"), "{closed}");
     // The server goes on serving others.

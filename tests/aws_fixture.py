@@ -5,8 +5,14 @@
   aws_fixture.py list ENDPOINT ZONE                   -> [{"name","type","ttl","values","set"}...]
   aws_fixture.py create ENDPOINT ZONE NAME TYPE VALUE -> {"change": "..."}   (a record someone else owns)
   aws_fixture.py upsert ENDPOINT ZONE NAME TYPE VALUE -> {"change": "..."}   (someone edits a record)
-  aws_fixture.py eni ENDPOINT PRIVATE_IP              -> {"interface": "eni-...", "public_ip": "..."}
+  aws_fixture.py eni ENDPOINT PRIVATE_IP              -> {"interface": "eni-...", "public_ip": "...", "mac": "..."}
   aws_fixture.py eni-private ENDPOINT PRIVATE_IP      -> {"interface": "eni-..."}   (no public IP)
+  aws_fixture.py eni-twins ENDPOINT PRIVATE_IP        -> [{"interface","mac","public_ip","vpc"}, ...]
+      (two VPCs with the same CIDR, each with an interface holding PRIVATE_IP and an Elastic IP)
+  aws_fixture.py create-legacy ENDPOINT ZONE NAME VALUE OWNER  (a record and its marker as dns-sidecar
+      before 0.2 wrote them: TTL 60, the marker at a-NAME, owner only)
+  aws_fixture.py delete-legacy ENDPOINT ZONE NAME VALUE OWNER  (that version's cleanup batch)
+      -> {"change": "..."} or {"error": "<code>: <message>"}
 """
 
 import json
@@ -59,11 +65,42 @@ def main(argv):
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
         eni = ec2.create_network_interface(SubnetId=subnet, PrivateIpAddress=private_ip)["NetworkInterface"]
         if command == "eni-private":
-            print(json.dumps({"interface": eni["NetworkInterfaceId"]}))
+            print(json.dumps({"interface": eni["NetworkInterfaceId"], "mac": eni["MacAddress"]}))
             return
         eip = ec2.allocate_address(Domain="vpc")
         ec2.associate_address(AllocationId=eip["AllocationId"], NetworkInterfaceId=eni["NetworkInterfaceId"])
-        print(json.dumps({"interface": eni["NetworkInterfaceId"], "public_ip": eip["PublicIp"]}))
+        print(json.dumps({"interface": eni["NetworkInterfaceId"], "public_ip": eip["PublicIp"], "mac": eni["MacAddress"]}))
+    elif command == "eni-twins":
+        ec2 = client("ec2", endpoint)
+        private_ip = argv[3]
+        twins = []
+        for _ in range(2):
+            vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+            subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+            eni = ec2.create_network_interface(SubnetId=subnet, PrivateIpAddress=private_ip)["NetworkInterface"]
+            eip = ec2.allocate_address(Domain="vpc")
+            ec2.associate_address(AllocationId=eip["AllocationId"], NetworkInterfaceId=eni["NetworkInterfaceId"])
+            twins.append({"interface": eni["NetworkInterfaceId"], "mac": eni["MacAddress"],
+                          "public_ip": eip["PublicIp"], "vpc": vpc})
+        print(json.dumps(twins))
+    elif command in ("create-legacy", "delete-legacy"):
+        r53 = client("route53", endpoint)
+        zone, name, value, owner = argv[3:7]
+        action = "CREATE" if command == "create-legacy" else "DELETE"
+        sets = [
+            {"Name": name, "Type": "A", "TTL": 60, "ResourceRecords": [{"Value": value}]},
+            {"Name": "a-" + name, "Type": "TXT", "TTL": 60,
+             "ResourceRecords": [{"Value": f'"heritage=dns-sidecar,owner={owner}"'}]},
+        ]
+        try:
+            out = r53.change_resource_record_sets(
+                HostedZoneId=zone,
+                ChangeBatch={"Changes": [{"Action": action, "ResourceRecordSet": s} for s in sets]},
+            )
+            print(json.dumps({"change": out["ChangeInfo"]["Id"]}))
+        except r53.exceptions.ClientError as e:
+            error = e.response["Error"]
+            print(json.dumps({"error": f"{error['Code']}: {error['Message']}"}))
     else:
         raise SystemExit(f"unknown command {command!r}")
 

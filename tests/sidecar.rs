@@ -2,26 +2,18 @@
 //! Route 53 from ministack, EC2 from moto (an ENI with an associated Elastic
 //! IP), and a small real HTTP server for the ECS task metadata endpoint.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread;
 
 use bastion_tests::aws::{Emulator, Metadata, create_zone, fixture, records};
+use bastion_tests::sidecar::{Route53Proxy, sidecar_command, wait_event};
 use bastion_tests::*;
-use serde_json::Value;
 
 const ZONE_NAME: &str = "example.test.";
 const RECORD: &str = "bastion.example.test.";
-
-fn sidecar_bin() -> PathBuf {
-    let path = bastion_bin().with_file_name("dns-sidecar");
-    assert!(path.exists(), "{} is missing: cargo build -p dns-sidecar (tests/ci.sh does)", path.display());
-    path
-}
 
 fn a_values(r53: &Emulator, zone: &str) -> Vec<String> {
     let mut values: Vec<String> =
@@ -44,36 +36,7 @@ fn sidecar_as(
     ec2: Option<&str>,
     args: &[&str],
 ) -> Command {
-    let mut cmd = Command::new(sidecar_bin());
-    for (var, _) in std::env::vars_os() {
-        let v = var.to_string_lossy();
-        if v.starts_with("DNS_SIDECAR_") || v.starts_with("AWS_") || v.starts_with("ECS_") {
-            cmd.env_remove(var);
-        }
-    }
-    cmd.env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL_ROUTE_53", r53)
-        .args(["--log-format", "json", "--record-name", "bastion.example.test", "--hosted-zone-id", zone])
-        .args(["--insync-poll", "100ms", "--owner-id", owner]);
-    if let Some(m) = metadata {
-        cmd.env("ECS_CONTAINER_METADATA_URI_V4", &m.url);
-    }
-    if let Some(ec2) = ec2 {
-        cmd.env("AWS_ENDPOINT_URL_EC2", ec2);
-    }
-    cmd.args(args);
-    cmd
-}
-
-fn wait_event(proc: &Proc, name: &str) -> Value {
-    let line = proc
-        .stderr()
-        .wait_for(READY, |l| event(l).as_deref() == Some(name))
-        .unwrap_or_else(|| panic!("no {name} event:\n{}", proc.stderr().text()));
-    json(&line)
+    sidecar_command(owner, "bastion.example.test", r53, zone, metadata, ec2, args)
 }
 
 #[test]
@@ -88,15 +51,8 @@ fn a_free_name_is_published_and_deleted_on_sigterm() {
     assert!(side.stderr().text().contains("\"event\":\"route53.pending\""), "{}", side.stderr().text());
     let recs = records(&r53, &zone);
     assert!(recs.contains(&(RECORD.into(), "A".into(), vec!["203.0.113.7".into()], None)), "{recs:?}");
-    assert!(
-        recs.contains(&(
-            format!("a-{RECORD}"),
-            "TXT".into(),
-            vec!["\"heritage=dns-sidecar,owner=prod/bastion\"".into()],
-            None
-        )),
-        "{recs:?}"
-    );
+    let marker = recs.iter().find(|r| r.0 == format!("_dns-sidecar-a.{RECORD}") && r.1 == "TXT").expect("marker");
+    assert!(marker.2[0].starts_with("\"heritage=dns-sidecar,owner=prod/bastion,task=local-"), "{recs:?}");
 
     side.signal("TERM");
     let status = side.wait_exit(READY).expect("sidecar did not exit");
@@ -142,10 +98,12 @@ fn a_record_we_do_not_own_is_left_alone_and_the_sidecar_fails() {
 fn sigterm_after_a_newer_task_took_over_leaves_its_record() {
     let r53 = Emulator::ministack();
     let zone = create_zone(&r53, ZONE_NAME);
-    let mut old = Proc::spawn(sidecar(&r53.url, &zone, None, None, &["--address", "203.0.113.7"]), Stdio::null());
+    let old_args = ["--address", "203.0.113.7", "--task-id", "task-old"];
+    let mut old = Proc::spawn(sidecar(&r53.url, &zone, None, None, &old_args), Stdio::null());
     wait_event(&old, "record.live");
     // The replacement task (same service, so same owner) publishes its address.
-    let out = sidecar(&r53.url, &zone, None, None, &["--address", "203.0.113.8", "--once"]).output().unwrap();
+    let new_args = ["--address", "203.0.113.8", "--task-id", "task-new", "--once"];
+    let out = sidecar(&r53.url, &zone, None, None, &new_args).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     old.signal("TERM");
@@ -190,10 +148,14 @@ fn multivalue_refuses_a_name_another_owner_publishes() {
     let out = sidecar_as("staging/bastion", &r53.url, &zone, Some(&theirs), None, &args).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let before = records(&r53, &zone);
-    let marker = format!("a-{RECORD}");
-    let staging = vec!["\"heritage=dns-sidecar,owner=staging/bastion\"".to_string()];
+    let marker = format!("_dns-sidecar-a.{RECORD}");
+    let staging = |r: &(String, String, Vec<String>, Option<String>), task: &str| {
+        r.0 == marker
+            && r.2[0].starts_with(&format!("\"heritage=dns-sidecar,owner=staging/bastion,task={task},since="))
+            && r.3.as_deref() == Some(task)
+    };
     assert!(before.contains(&(RECORD.into(), "A".into(), vec!["10.0.1.5".into()], Some("their-task".into()))));
-    assert!(before.contains(&(marker.clone(), "TXT".into(), staging.clone(), Some("their-task".into()))));
+    assert!(before.iter().any(|r| staging(r, "their-task")), "{before:?}");
 
     // Our task, set "task1": its own set identifier is free, the name is not.
     let ours = Metadata::start("task1", "10.0.0.5", 0);
@@ -222,7 +184,7 @@ fn multivalue_refuses_a_name_another_owner_publishes() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(a_values(&r53, &zone), vec!["10.0.1.5", "10.0.1.6"]);
     let after = records(&r53, &zone);
-    assert!(after.contains(&(marker, "TXT".into(), staging, Some("their-task2".into()))), "{after:?}");
+    assert!(after.iter().any(|r| staging(r, "their-task2")), "{after:?}");
     assert!(after.iter().all(|r| !r.2.iter().any(|v| v.contains("prod/bastion"))), "{after:?}");
 }
 
@@ -233,7 +195,7 @@ fn the_public_ip_comes_from_the_tasks_network_interface() {
     let zone = create_zone(&r53, ZONE_NAME);
     let eni = fixture(&["eni", &ec2.url, "10.0.0.42"]);
     let public_ip = eni["public_ip"].as_str().unwrap().to_string();
-    let meta = Metadata::start("task-eni", "10.0.0.42", 0);
+    let meta = Metadata::with_mac("task-eni", "10.0.0.42", eni["mac"].as_str().unwrap());
     let out = sidecar(&r53.url, &zone, Some(&meta), Some(&ec2.url), &["--once"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -278,77 +240,14 @@ fn a_garbage_checkip_answer_is_a_clear_error() {
     assert_eq!(records(&r53, &zone), vec![]);
 }
 
-/// Forwards to Route 53 (ministack), but answers the first two
-/// ChangeResourceRecordSets calls with Throttling, as Route 53 does under load.
-fn throttling_proxy(upstream: &str) -> (String, Arc<AtomicUsize>) {
-    let upstream: SocketAddr = upstream.trim_start_matches("http://").parse().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let throttled = Arc::new(AtomicUsize::new(0));
-    let count = throttled.clone();
-    thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let count = count.clone();
-            thread::spawn(move || {
-                let Some((head, body)) = read_request(&client) else { return };
-                let is_change = head.starts_with("POST") && head.contains("/rrset");
-                let mut client = client;
-                if is_change && count.fetch_add(1, Ordering::SeqCst) < 2 {
-                    let xml = r#"<?xml version="1.0"?><ErrorResponse xmlns="https://route53.amazonaws.com/doc/2013-04-01/"><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>t</RequestId></ErrorResponse>"#;
-                    let _ = write!(
-                        client,
-                        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
-                        xml.len()
-                    );
-                    return;
-                }
-                // Forward with Connection: close, relay the answer.
-                let head = head.replace("\r\nConnection: keep-alive", "");
-                let head = head.trim_end_matches("\r\n\r\n").to_string() + "\r\nConnection: close\r\n\r\n";
-                let Ok(mut up) = TcpStream::connect(upstream) else { return };
-                let _ = up.write_all(head.as_bytes());
-                let _ = up.write_all(&body);
-                let mut answer = Vec::new();
-                let _ = up.read_to_end(&mut answer);
-                let _ = client.write_all(&answer);
-            });
-        }
-    });
-    (url, throttled)
-}
-
-/// One HTTP/1.1 request: the head (through the blank line) and the body.
-fn read_request(stream: &TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        head.push_str(&line);
-        if line == "\r\n" {
-            break;
-        }
-    }
-    let length = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().ok()))
-        .flatten()
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).ok()?;
-    Some((head, body))
-}
-
 #[test]
 fn throttling_is_retried() {
     let r53 = Emulator::ministack();
     let zone = create_zone(&r53, ZONE_NAME);
-    let (proxy, throttled) = throttling_proxy(&r53.url);
-    let out = sidecar(&proxy, &zone, None, None, &["--address", "203.0.113.7", "--once"]).output().unwrap();
+    let proxy = Route53Proxy::start(&r53.url, ZONE_NAME, 2);
+    let out = sidecar(&proxy.url, &zone, None, None, &["--address", "203.0.113.7", "--once"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(throttled.load(Ordering::SeqCst) >= 3, "the proxy saw no retry");
+    assert!(proxy.batches.load(Ordering::SeqCst) >= 3, "the proxy saw no retry");
     assert_eq!(a_values(&r53, &zone), vec!["203.0.113.7"]);
 }
 
@@ -391,7 +290,7 @@ fn an_interface_without_a_public_ip_is_waited_for_then_reported() {
     let ec2 = Emulator::moto();
     let zone = create_zone(&r53, ZONE_NAME);
     let eni = fixture(&["eni-private", &ec2.url, "10.0.0.77"]);
-    let meta = Metadata::start("task-private", "10.0.0.77", 0);
+    let meta = Metadata::with_mac("task-private", "10.0.0.77", eni["mac"].as_str().unwrap());
     let out =
         sidecar(&r53.url, &zone, Some(&meta), Some(&ec2.url), &["--once", "--startup-timeout", "3s"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -419,7 +318,7 @@ fn aaaa_publishes_the_tasks_ipv6_address_too() {
     assert!(both.is_some(), "{}", side.stderr().text());
     let recs = records(&r53, &zone);
     assert!(recs.contains(&(RECORD.into(), "AAAA".into(), vec!["2001:db8:10b:1a00::7".into()], None)), "{recs:?}");
-    assert!(recs.iter().any(|r| r.0 == format!("aaaa-{RECORD}") && r.1 == "TXT"), "{recs:?}");
+    assert!(recs.iter().any(|r| r.0 == format!("_dns-sidecar-aaaa.{RECORD}") && r.1 == "TXT"), "{recs:?}");
     assert_eq!(a_values(&r53, &zone), vec!["10.0.0.8"]);
     side.signal("TERM");
     assert_eq!(side.wait_exit(READY).and_then(|s| s.code()), Some(0));

@@ -9,13 +9,14 @@ use tracing::{info, warn};
 use crate::cli::AddressSource;
 use crate::ec2::{Ec2, Lookup};
 
-/// Asks EC2 for the public IP of the interface holding `private`, retrying
-/// while the association is not there yet (right after the task starts).
-pub async fn from_eni(ec2: &Ec2, private: Ipv4Addr, wait: Duration) -> Result<IpAddr, String> {
+/// Asks EC2 for the public IP of the interface holding `private` (with
+/// the MAC address `mac`, when known), retrying while the association is not
+/// there yet (right after the task starts).
+pub async fn from_eni(ec2: &Ec2, private: Ipv4Addr, mac: Option<&str>, wait: Duration) -> Result<IpAddr, String> {
     let deadline = Instant::now() + wait;
     let mut delay = Duration::from_secs(1);
     loop {
-        let answer = ec2.lookup(private).await?;
+        let answer = ec2.lookup(private, mac).await?;
         let why = match answer {
             Lookup::Public { interface, ip } => {
                 info!(event = "address.found", source = "eni", interface = %interface, address = %ip,
@@ -24,6 +25,12 @@ pub async fn from_eni(ec2: &Ec2, private: Ipv4Addr, wait: Duration) -> Result<Ip
             }
             Lookup::NoPublicIp { interface } => format!("{interface} has no public IP yet"),
             Lookup::NotFound => format!("no network interface has the private IP {private}"),
+            Lookup::OtherInterfaces(others) => format!(
+                "no network interface has the private IP {private} and the task's MAC address {}; other \
+                 interfaces have that IP: {}",
+                mac.unwrap_or("?"),
+                others.join(", ")
+            ),
         };
         if Instant::now() + delay > deadline {
             return Err(format!(

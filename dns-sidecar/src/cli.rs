@@ -1,6 +1,6 @@
 //! Command line; every flag also reads a `DNS_SIDECAR_*` environment variable.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -46,6 +46,20 @@ pub struct Cli {
     /// Who owns the record, written in its TXT marker. Default: <cluster>/<family> from the task metadata.
     #[arg(long, env = "DNS_SIDECAR_OWNER_ID")]
     pub owner_id: Option<String>,
+
+    /// This task's id in the marker: of two tasks of one owner, the newer holds the name.
+    /// Default: the task id from the task metadata (a random one without it).
+    #[arg(long, env = "DNS_SIDECAR_TASK_ID")]
+    pub task_id: Option<String>,
+
+    /// After taking the name over from an older task, report healthy only after this long, so
+    /// that resolvers have dropped the old address before ECS stops the old task. Default: the TTL.
+    #[arg(long, env = "DNS_SIDECAR_HANDOVER_WAIT", value_parser = parse_duration)]
+    pub handover_wait: Option<Duration>,
+
+    /// Where the health status is served for `dns-sidecar healthcheck` (loopback; port 0 picks one).
+    #[arg(long, env = "DNS_SIDECAR_STATUS_LISTEN", default_value = "127.0.0.1:8053")]
+    pub status_listen: SocketAddr,
 
     /// simple: one record for the name. multivalue: each task writes its own record
     /// (SetIdentifier = task id, MultiValueAnswer), for a service with several tasks.
@@ -93,6 +107,23 @@ pub struct Cli {
     pub log_format: Option<LogFormat>,
 }
 
+/// `dns-sidecar healthcheck`: the container's health check command.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dns-sidecar healthcheck",
+    about = "Exits 0 when the dns-sidecar of this task reports healthy: \
+    the name is published (and, after a takeover, one TTL has passed), or a newer task holds it"
+)]
+pub struct Healthcheck {
+    /// The sidecar's --status-listen address.
+    #[arg(long, env = "DNS_SIDECAR_STATUS_LISTEN", default_value = "127.0.0.1:8053")]
+    pub status_address: SocketAddr,
+
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AddressSource {
     Eni,
@@ -124,5 +155,6 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+        Healthcheck::command().debug_assert();
     }
 }

@@ -1,6 +1,10 @@
 //! The one EC2 call the sidecar makes: `DescribeNetworkInterfaces`, filtered
 //! by the task's private IPv4, to read the public IP associated with the
-//! task's network interface. A signed Query request (aws-sigv4, the SDK's own
+//! task's network interface. Several VPCs in one account and region may use
+//! the same CIDR, so several interfaces may hold that IP: the answer is
+//! matched on the MAC address the task metadata gives. (The `mac-address`
+//! filter would do it server-side, but the filter on the answer works
+//! everywhere, moto included, which does not implement that filter.) A signed Query request (aws-sigv4, the SDK's own
 //! signer) parsed with quick-xml: aws-sdk-ec2 would cost ~15 minutes of
 //! release build on 2 cores for this single call.
 
@@ -20,7 +24,7 @@ const ATTEMPTS: u32 = 6;
 
 pub struct Ec2 {
     http: reqwest::Client,
-    /// `https://ec2.<region>.amazonaws.com`, or the `AWS_ENDPOINT_URL_EC2` / `AWS_ENDPOINT_URL` override.
+    /// `https://ec2.<region>.amazonaws.com` (`.com.cn` in China), or the `AWS_ENDPOINT_URL_EC2` / `AWS_ENDPOINT_URL` override.
     endpoint: String,
     region: String,
     credentials: SharedCredentialsProvider,
@@ -42,6 +46,10 @@ struct InterfaceSet {
 struct Interface {
     #[serde(rename = "networkInterfaceId", default)]
     id: Option<String>,
+    #[serde(rename = "macAddress", default)]
+    mac_address: Option<String>,
+    #[serde(rename = "vpcId", default)]
+    vpc_id: Option<String>,
     #[serde(default)]
     association: Option<Association>,
 }
@@ -79,16 +87,48 @@ pub enum Lookup {
     Public { interface: String, ip: Ipv4Addr },
     /// The interface exists but has no public IP (yet).
     NoPublicIp { interface: String },
-    /// No interface has that private IP.
+    /// No interface has that private IP (and MAC address).
     NotFound,
+    /// Interfaces have that private IP, but none the task's MAC address.
+    OtherInterfaces(Vec<String>),
 }
 
-/// Parses a DescribeNetworkInterfaces answer.
-fn parse(xml: &str) -> Result<Lookup, String> {
+/// Parses a DescribeNetworkInterfaces answer and picks the task's interface:
+/// the one with `mac` (lower case), or with no MAC known, the only one.
+fn parse(xml: &str, mac: Option<&str>) -> Result<Lookup, String> {
     let response: DescribeResponse =
         quick_xml::de::from_str(xml).map_err(|e| format!("unexpected DescribeNetworkInterfaces answer: {e}"))?;
-    let Some(interface) = response.set.and_then(|s| s.items.into_iter().next()) else {
-        return Ok(Lookup::NotFound);
+    let items = response.set.map(|s| s.items).unwrap_or_default();
+    let describe = |i: &Interface| {
+        format!(
+            "{} (MAC {}, {})",
+            i.id.as_deref().unwrap_or("?"),
+            i.mac_address.as_deref().unwrap_or("?"),
+            i.vpc_id.as_deref().unwrap_or("VPC ?")
+        )
+    };
+    let shown: Vec<String> = items.iter().map(describe).collect();
+    let interface = match mac {
+        Some(mac) => {
+            let same_mac = |i: &Interface| i.mac_address.as_deref().map(|m| m.trim().eq_ignore_ascii_case(mac));
+            match items.into_iter().find(|i| same_mac(i) == Some(true)) {
+                Some(interface) => interface,
+                None if shown.is_empty() => return Ok(Lookup::NotFound),
+                None => return Ok(Lookup::OtherInterfaces(shown)),
+            }
+        }
+        None if items.len() > 1 => {
+            return Err(format!(
+                "{} network interfaces have the task's private IP ({}) and the task metadata gives no MAC address \
+                 to tell them apart; refusing to guess",
+                items.len(),
+                shown.join(", ")
+            ));
+        }
+        None => match items.into_iter().next() {
+            Some(interface) => interface,
+            None => return Ok(Lookup::NotFound),
+        },
     };
     let id = interface.id.unwrap_or_else(|| "?".into());
     match interface.association.and_then(|a| a.public_ip) {
@@ -117,12 +157,13 @@ impl Ec2 {
             .ok_or("no AWS credentials provider (the task role is missing?)".to_string())?;
         let endpoint = std::env::var("AWS_ENDPOINT_URL_EC2")
             .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-            .unwrap_or_else(|_| format!("https://ec2.{region}.amazonaws.com"));
+            .unwrap_or_else(|_| format!("https://ec2.{region}.{}", crate::region::dns_suffix(&region)));
         Ok(Self { http, endpoint, region, credentials })
     }
 
-    /// The public IPv4 of the interface holding `private_ip`.
-    pub async fn lookup(&self, private_ip: Ipv4Addr) -> Result<Lookup, String> {
+    /// The public IPv4 of the interface holding `private_ip`, with the MAC
+    /// address `mac` when the task metadata gives it.
+    pub async fn lookup(&self, private_ip: Ipv4Addr, mac: Option<&str>) -> Result<Lookup, String> {
         let body = format!(
             "Action=DescribeNetworkInterfaces&Version={API_VERSION}\
              &Filter.1.Name=addresses.private-ip-address&Filter.1.Value.1={private_ip}"
@@ -131,7 +172,7 @@ impl Ec2 {
         for attempt in 1..=ATTEMPTS {
             let (status, text) = self.send(&body).await?;
             if status.is_success() {
-                return parse(&text);
+                return parse(&text, mac);
             }
             let (code, message) = parse_error(&text).unwrap_or_else(|| (status.to_string(), text.clone()));
             let transient = status.is_server_error() || matches!(code.as_str(), "RequestLimitExceeded" | "Throttling");
@@ -208,16 +249,40 @@ mod tests {
     </item>
   </networkInterfaceSet>
 </DescribeNetworkInterfacesResponse>"#;
-        assert_eq!(
-            parse(with_ip).unwrap(),
-            Lookup::Public { interface: "eni-0abc".into(), ip: Ipv4Addr::new(203, 0, 113, 7) }
-        );
+        let public = Lookup::Public { interface: "eni-0abc".into(), ip: Ipv4Addr::new(203, 0, 113, 7) };
+        assert_eq!(parse(with_ip, None).unwrap(), public);
         let without = with_ip
             .replace("<association><publicIp>203.0.113.7</publicIp><ipOwnerId>amazon</ipOwnerId></association>", "");
-        assert_eq!(parse(&without).unwrap(), Lookup::NoPublicIp { interface: "eni-0abc".into() });
+        assert_eq!(parse(&without, None).unwrap(), Lookup::NoPublicIp { interface: "eni-0abc".into() });
         let empty = r#"<DescribeNetworkInterfacesResponse><requestId>r</requestId><networkInterfaceSet/></DescribeNetworkInterfacesResponse>"#;
-        assert_eq!(parse(empty).unwrap(), Lookup::NotFound);
-        assert!(parse(&with_ip.replace("203.0.113.7", "not-an-ip")).unwrap_err().contains("not-an-ip"));
+        assert_eq!(parse(empty, None).unwrap(), Lookup::NotFound);
+        assert_eq!(parse(empty, Some("02:00:00:00:00:01")).unwrap(), Lookup::NotFound);
+        assert!(parse(&with_ip.replace("203.0.113.7", "not-an-ip"), None).unwrap_err().contains("not-an-ip"));
+    }
+
+    /// Two VPCs with the same CIDR: two interfaces hold 10.0.0.5.
+    const TWO: &str = r#"<DescribeNetworkInterfacesResponse><networkInterfaceSet>
+      <item><networkInterfaceId>eni-1</networkInterfaceId><vpcId>vpc-1</vpcId><macAddress>02:00:00:00:00:01</macAddress>
+        <association><publicIp>198.51.100.1</publicIp></association></item>
+      <item><networkInterfaceId>eni-2</networkInterfaceId><vpcId>vpc-2</vpcId><macAddress>02:00:00:00:00:02</macAddress>
+        <association><publicIp>203.0.113.2</publicIp></association></item>
+    </networkInterfaceSet></DescribeNetworkInterfacesResponse>"#;
+
+    #[test]
+    fn the_interface_is_matched_on_its_mac_address() {
+        assert_eq!(
+            parse(TWO, Some("02:00:00:00:00:02")).unwrap(),
+            Lookup::Public { interface: "eni-2".into(), ip: Ipv4Addr::new(203, 0, 113, 2) }
+        );
+        assert_eq!(
+            parse(TWO, Some("02:00:00:00:00:09")).unwrap(),
+            Lookup::OtherInterfaces(vec![
+                "eni-1 (MAC 02:00:00:00:00:01, vpc-1)".into(),
+                "eni-2 (MAC 02:00:00:00:00:02, vpc-2)".into()
+            ])
+        );
+        let guess = parse(TWO, None).unwrap_err();
+        assert!(guess.contains("2 network interfaces") && guess.contains("refusing to guess"), "{guess}");
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub struct Network {
     pub ipv4_addresses: Vec<String>,
     #[serde(rename = "IPv6Addresses", default)]
     pub ipv6_addresses: Vec<String>,
+    /// The MAC address of the task's network interface: it tells that
+    /// interface apart from others with the same private IP (VPCs with
+    /// overlapping CIDRs in one account and region).
+    #[serde(rename = "MACAddress", default)]
+    pub mac_address: Option<String>,
 }
 
 impl Task {
@@ -52,6 +57,15 @@ impl Task {
 
     pub fn private_ipv4(&self) -> Option<Ipv4Addr> {
         self.networks().flat_map(|n| n.ipv4_addresses.iter()).find_map(|a| a.parse().ok())
+    }
+
+    /// The MAC address of the network that carries the private IPv4, lower case.
+    pub fn mac_address(&self) -> Option<String> {
+        self.networks()
+            .find(|n| n.ipv4_addresses.iter().any(|a| a.parse::<Ipv4Addr>().is_ok()))
+            .and_then(|n| n.mac_address.as_deref())
+            .map(|m| m.trim().to_ascii_lowercase())
+            .filter(|m| !m.is_empty())
     }
 
     pub fn ipv6(&self) -> Option<Ipv6Addr> {
@@ -94,6 +108,7 @@ mod tests {
         let task = Task::parse(SAMPLE).unwrap();
         assert_eq!(task.private_ipv4(), Some(Ipv4Addr::new(192, 0, 2, 3)));
         assert_eq!(task.ipv6().unwrap().to_string(), "2001:db8:10b:1a00:32bf:a372:d80f:e958");
+        assert_eq!(task.mac_address().as_deref(), Some("02:b7:20:19:72:39"));
         assert_eq!(task.cluster_name(), Some("default"));
         assert_eq!(task.task_id(), Some("e9028f8d5d8e4f258373e7b93ce9a3c3"));
         assert_eq!(task.default_owner().as_deref(), Some("default/curltest"));
@@ -104,6 +119,7 @@ mod tests {
         let task = Task::parse(r#"{"Containers":[{"Networks":[{"IPv4Addresses":["10.0.0.5"]}]}]}"#).unwrap();
         assert_eq!(task.private_ipv4(), Some(Ipv4Addr::new(10, 0, 0, 5)));
         assert_eq!(task.ipv6(), None);
+        assert_eq!(task.mac_address(), None);
         assert_eq!(task.default_owner(), None);
         assert!(Task::parse("not json").unwrap_err().contains("not the expected JSON"));
     }

@@ -11,7 +11,7 @@ use aws_sdk_route53::types::{
 };
 use tracing::info;
 
-use crate::ownership::{Action, Change, RecordSet, RecordType, normalize};
+use crate::ownership::{Action, Change, RecordSet, RecordType, in_zone, normalize};
 
 /// Why a Route 53 call failed, in the terms the caller acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,12 @@ pub struct Zone {
     client: Client,
     /// `Z0123…` (a `/hostedzone/` prefix is accepted and stripped by the SDK).
     pub id: String,
+    /// The zone's name (normalized), once `load_name` has read it: every
+    /// name we write must lie inside it. Route 53 refuses a batch with a name
+    /// outside the zone; emulators may not, so the rule is checked here too.
+    pub name: Option<String>,
+    /// The ARN partition, for the hints in permission errors.
+    partition: &'static str,
 }
 
 fn sdk_type(t: RecordType) -> RrType {
@@ -53,8 +59,24 @@ fn sdk_type(t: RecordType) -> RrType {
 }
 
 impl Zone {
-    pub fn new(client: Client, id: String) -> Self {
-        Self { client, id }
+    pub fn new(client: Client, id: String, partition: &'static str) -> Self {
+        Self { client, id, name: None, partition }
+    }
+
+    /// Reads the zone's name (GetHostedZone).
+    pub async fn load_name(&mut self) -> Result<String, DnsError> {
+        let out =
+            self.client.get_hosted_zone().id(&self.id).send().await.map_err(|e| self.classify("GetHostedZone", e))?;
+        let name = out.hosted_zone().map(|z| normalize(z.name())).ok_or_else(|| {
+            DnsError::Other(format!("route53:GetHostedZone on hostedzone/{}: the answer has no zone", self.id))
+        })?;
+        self.name = Some(name.clone());
+        Ok(name)
+    }
+
+    /// Whether `name` lies inside the zone (true while the zone's name is unknown).
+    pub fn contains(&self, name: &str) -> bool {
+        self.name.as_deref().is_none_or(|zone| in_zone(&normalize(name), zone))
     }
 
     /// Classifies an SDK error: permissions and missing zones need a human.
@@ -74,8 +96,8 @@ impl Zone {
             "AccessDenied" | "AccessDeniedException" | "UnrecognizedClientException" | "InvalidClientTokenId" => {
                 DnsError::Fatal(format!(
                     "access denied for route53:{operation} on hostedzone/{} ({message}); the task role needs \
-                     route53:{operation} on arn:aws:route53:::hostedzone/{} (see the README's IAM section)",
-                    self.id, self.id
+                     route53:{operation} on arn:{}:route53:::hostedzone/{} (see the README's IAM section)",
+                    self.id, self.partition, self.id
                 ))
             }
             "InvalidInput" => DnsError::Fatal(format!("{shown} (is --record-name inside the zone?)")),
@@ -140,8 +162,17 @@ impl Zone {
         )))
     }
 
-    /// Sends one change batch; returns the change id to wait on.
+    /// Sends one change batch; returns the change id to wait on. A batch
+    /// naming anything outside the zone is refused before it is sent.
     pub async fn apply(&self, changes: &[Change], comment: &str) -> Result<String, DnsError> {
+        if let Some(change) = changes.iter().find(|c| !self.contains(&c.set.name)) {
+            return Err(DnsError::Fatal(format!(
+                "{} lies outside the hosted zone {} ({}): Route 53 would refuse the batch; not sending it",
+                change.set.name,
+                self.name.as_deref().unwrap_or("?"),
+                self.id
+            )));
+        }
         let mut batch = ChangeBatch::builder().comment(comment);
         for change in changes {
             batch = batch.changes(to_sdk(change).map_err(DnsError::Other)?);

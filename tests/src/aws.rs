@@ -124,8 +124,17 @@ impl Metadata {
         Self::start_on(LOOPBACK, task_id, private_ip, fail_first)
     }
 
+    /// On 127.0.0.1, for the network interface with `mac`.
+    pub fn with_mac(task_id: &str, private_ip: &str, mac: &str) -> Self {
+        Self::serve(LOOPBACK, task_id, private_ip, 0, mac)
+    }
+
     /// On `host` (the Docker bridge, for containers).
     pub fn start_on(host: IpAddr, task_id: &str, private_ip: &str, fail_first: usize) -> Self {
+        Self::serve(host, task_id, private_ip, fail_first, "02:b7:20:19:72:39")
+    }
+
+    fn serve(host: IpAddr, task_id: &str, private_ip: &str, fail_first: usize, mac: &str) -> Self {
         let listener = TcpListener::bind((host, 0)).unwrap();
         let addr = listener.local_addr().unwrap();
         let body = format!(
@@ -135,7 +144,7 @@ impl Metadata {
             "Limits":{{"CPU":0.25,"Memory":512}},"AvailabilityZone":"us-east-1a","FutureField":[1,2],
             "Containers":[{{"DockerId":"abc","Name":"dns-sidecar","Labels":{{}},
               "Networks":[{{"NetworkMode":"awsvpc","IPv4Addresses":["{private_ip}"],
-                "IPv6Addresses":["2001:db8:10b:1a00::7"],"AttachmentIndex":0,"MACAddress":"02:b7:20:19:72:39"}}]}}],
+                "IPv6Addresses":["2001:db8:10b:1a00::7"],"AttachmentIndex":0,"MACAddress":"{mac}"}}]}}],
             "LaunchType":"FARGATE"}}"#
         );
         let requests = Arc::new(AtomicUsize::new(0));

@@ -5,6 +5,7 @@
 //! Readiness is always observed (a log line, a port accepting), never slept for.
 
 pub mod aws;
+pub mod sidecar;
 pub mod vpc;
 
 use std::io::{BufRead, BufReader, Read, Write};

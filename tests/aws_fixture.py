@@ -7,6 +7,8 @@
   aws_fixture.py upsert ENDPOINT ZONE NAME TYPE VALUE -> {"change": "..."}   (someone edits a record)
   aws_fixture.py eni ENDPOINT PRIVATE_IP              -> {"interface": "eni-...", "public_ip": "...", "mac": "..."}
   aws_fixture.py eni-private ENDPOINT PRIVATE_IP      -> {"interface": "eni-..."}   (no public IP)
+  aws_fixture.py sample ENDPOINT ZONE NAME            (until killed: one JSON line per reading of NAME,
+      {"a": [values of the A record], "markers": [values of its TXT markers]}, every 20 ms)
   aws_fixture.py eni-twins ENDPOINT PRIVATE_IP        -> [{"interface","mac","public_ip","vpc"}, ...]
       (two VPCs with the same CIDR, each with an interface holding PRIVATE_IP and an Elastic IP)
   aws_fixture.py create-legacy ENDPOINT ZONE NAME VALUE OWNER  (a record and its marker as dns-sidecar
@@ -17,6 +19,7 @@
 
 import json
 import sys
+import time
 
 import boto3
 
@@ -70,6 +73,20 @@ def main(argv):
         eip = ec2.allocate_address(Domain="vpc")
         ec2.associate_address(AllocationId=eip["AllocationId"], NetworkInterfaceId=eni["NetworkInterfaceId"])
         print(json.dumps({"interface": eni["NetworkInterfaceId"], "public_ip": eip["PublicIp"], "mac": eni["MacAddress"]}))
+    elif command == "sample":
+        r53 = client("route53", endpoint)
+        zone, name = argv[3], argv[4].lower()
+        markers = ("_dns-sidecar-a." + name, "a-" + name)
+        while True:
+            sets = r53.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+            reading = {
+                "a": sorted(r["Value"] for s in sets if s["Name"].lower() == name and s["Type"] == "A"
+                            for r in s.get("ResourceRecords", [])),
+                "markers": sorted(r["Value"] for s in sets if s["Name"].lower() in markers and s["Type"] == "TXT"
+                                  for r in s.get("ResourceRecords", [])),
+            }
+            print(json.dumps(reading), flush=True)
+            time.sleep(0.02)
     elif command == "eni-twins":
         ec2 = client("ec2", endpoint)
         private_ip = argv[3]

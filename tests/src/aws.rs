@@ -80,10 +80,16 @@ impl Emulator {
     }
 }
 
+/// tests/aws_fixture.py with `args`, to run as the test needs.
+pub fn fixture_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aws_fixture.py")).args(args);
+    cmd
+}
+
 /// Runs tests/aws_fixture.py (boto3) and parses its JSON.
 pub fn fixture(args: &[&str]) -> Value {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aws_fixture.py");
-    let out = Command::new("python3").arg(script).args(args).output().expect("python3");
+    let out = fixture_command(args).output().expect("python3");
     assert!(out.status.success(), "aws_fixture {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("fixture JSON")
 }

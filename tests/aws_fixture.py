@@ -3,6 +3,7 @@
 
   aws_fixture.py create-zone ENDPOINT NAME            -> {"zone": "Z..."}
   aws_fixture.py list ENDPOINT ZONE                   -> [{"name","type","ttl","values","set"}...]
+  aws_fixture.py list-all ENDPOINT ZONE               -> the same, NS and SOA included
   aws_fixture.py create ENDPOINT ZONE NAME TYPE VALUE -> {"change": "..."}   (a record someone else owns)
   aws_fixture.py upsert ENDPOINT ZONE NAME TYPE VALUE -> {"change": "..."}   (someone edits a record)
   aws_fixture.py eni ENDPOINT PRIVATE_IP              -> {"interface": "eni-...", "public_ip": "...", "mac": "..."}
@@ -36,7 +37,7 @@ def main(argv):
         r53 = client("route53", endpoint)
         zone = r53.create_hosted_zone(Name=argv[3], CallerReference=argv[3] + "-test")
         print(json.dumps({"zone": zone["HostedZone"]["Id"].split("/")[-1]}))
-    elif command == "list":
+    elif command in ("list", "list-all"):
         r53 = client("route53", endpoint)
         sets = r53.list_resource_record_sets(HostedZoneId=argv[3])["ResourceRecordSets"]
         print(json.dumps([
@@ -48,7 +49,7 @@ def main(argv):
                 "set": s.get("SetIdentifier"),
             }
             for s in sets
-            if s["Type"] not in ("NS", "SOA")
+            if command == "list-all" or s["Type"] not in ("NS", "SOA")
         ]))
     elif command in ("create", "upsert"):
         r53 = client("route53", endpoint)

@@ -251,3 +251,45 @@ fn the_public_ip_is_that_of_the_interface_with_the_tasks_mac_address() {
     }
     assert_eq!(records(&r53, &zone2), vec![]);
 }
+
+#[test]
+fn the_readme_commands_lower_the_zones_negative_caching_ttl() {
+    // The README's "Keeping a real outage short" block, run as written with
+    // the AWS CLI of the deploy venv (tests/ci.sh installs it) against
+    // Route 53 on loopback, whose new zones carry Route 53's default SOA.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme.split("**Keeping a real outage short.**").nth(1).expect("the README section");
+    let block = section.split("```sh\n").nth(1).and_then(|b| b.split("\n```").next()).expect("its sh block");
+    let aws_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/deploy-venv/bin");
+    assert!(aws_dir.join("aws").exists(), "{}/aws is missing: tests/ci.sh installs it", aws_dir.display());
+
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53, "bastion.example.test.");
+    let soa = |field: &str| {
+        let sets = fixture(&["list-all", &r53.url, &zone]);
+        sets.as_array().unwrap().iter().find(|s| s["type"] == "SOA").map(|s| s[field].clone()).unwrap()
+    };
+    assert_eq!(soa("ttl"), 900);
+    let script = block.replace("ZONE=Z0123456789ABCDEFGHIJ", &format!("ZONE={zone}"));
+    assert_ne!(script, block, "the block no longer sets ZONE=Z0123456789ABCDEFGHIJ");
+    let path = format!("{}:{}", aws_dir.display(), std::env::var("PATH").unwrap_or_default());
+    // sh is dash here: the block must not need bash (zsh, the macOS shell, runs POSIX sh too).
+    let out = Command::new("sh")
+        .args(["-euc", &script])
+        .env("PATH", path)
+        .env("AWS_ENDPOINT_URL", &r53.url)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("now: bastion.example.test. TTL 900"), "{shown}");
+    assert_eq!(soa("ttl"), 60, "{shown}");
+    let value = soa("values")[0].as_str().unwrap().to_string();
+    assert!(value.ends_with(" 1 7200 900 1209600 60"), "{value}");
+}

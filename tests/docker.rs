@@ -289,13 +289,14 @@ fn sidecar_image_publishes_the_task_ip_and_deletes_it_on_docker_stop() {
     let zone = create_zone(&r53, "example.test.");
     let eni = fixture(&["eni", &ec2.url, "10.0.0.42"]);
     let public_ip = eni["public_ip"].as_str().unwrap().to_string();
-    let meta = Metadata::start_on(gateway, "task-docker", "10.0.0.42", 0);
+    let meta = Metadata::with_mac_on(gateway, "task-docker", "10.0.0.42", eni["mac"].as_str().unwrap());
 
     let task = TaskContainer::from_task_definition(
         "dns-sidecar",
         &[("RECORD_NAME", "bastion.example.test"), ("HOSTED_ZONE_ID", &zone), ("REGION", "us-east-1")],
     );
-    assert_eq!(task.definition["essential"], false);
+    // Essential: a sidecar that cannot publish stops the task, and fails the deployment.
+    assert_eq!(task.definition["essential"], true);
     let container = task.start(
         &images,
         images.var("SIDECAR_IMAGE"),
@@ -316,6 +317,15 @@ fn sidecar_image_publishes_the_task_ip_and_deletes_it_on_docker_stop() {
     assert_eq!(container.inspect("{{.Config.User}}"), task.definition["user"].as_str().unwrap());
     let a: Vec<_> = records(&r53, &zone).into_iter().filter(|r| r.1 == "A").collect();
     assert_eq!(a, vec![("bastion.example.test.".to_string(), "A".to_string(), vec![public_ip], None)]);
+
+    // The task definition's health check, run in the image as ECS runs it
+    // (exec form: the image has no shell), passes once the name is published.
+    let check = task.definition["healthCheck"]["command"].as_array().expect("a healthCheck command");
+    assert_eq!(check[0], "CMD", "{check:?}");
+    let argv: Vec<&str> = check[1..].iter().map(|a| a.as_str().unwrap()).collect();
+    let out = images.docker().args(["exec", &container.id]).args(&argv).output().unwrap();
+    assert!(out.status.success(), "{argv:?}: {}", text(&out));
+    assert!(text(&out).contains("bastion.example.test.: published"), "{}", text(&out));
 
     container.stop(task.stop_timeout);
     assert_eq!(container.exit_code(), 0, "{}", logs.stderr().text());

@@ -135,6 +135,11 @@ impl Metadata {
         Self::serve(LOOPBACK, task_id, private_ip, 0, mac)
     }
 
+    /// On `host`, for the network interface with `mac`.
+    pub fn with_mac_on(host: IpAddr, task_id: &str, private_ip: &str, mac: &str) -> Self {
+        Self::serve(host, task_id, private_ip, 0, mac)
+    }
+
     /// On `host` (the Docker bridge, for containers).
     pub fn start_on(host: IpAddr, task_id: &str, private_ip: &str, fail_first: usize) -> Self {
         Self::serve(host, task_id, private_ip, fail_first, "02:b7:20:19:72:39")

@@ -1,134 +1,192 @@
-#!/usr/bin/env bash
-# deploy/push.sh: build both images, push them to the stack's ECR repositories, register
-# deploy/task-definition.json (rendered) and point the ECS service at it. See deploy/README.md.
-set -euo pipefail
+#!/bin/sh
+# deploy/push.sh: build both images for the stack's CPU architecture, push them to the stack's
+# ECR repositories, then update the stack with ImageTag=<tag>: the stack is the one owner of the
+# task definition, the images and the task count. See deploy/README.md.
+#
+# POSIX sh, for a stock Mac (bash 3.2, BSD userland) as much as for Linux: no bash-only syntax,
+# no GNU-only options, no python3 (only --render-task-definition needs it). tests/deploy.sh runs
+# it under dash with busybox's coreutils as stand-ins.
+set -eu
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TEMPLATE=deploy/task-definition.json
-STACK_TEMPLATE=deploy/cloudformation/bastion.yaml
+die() { printf 'deploy/push.sh: %s\n' "$*" >&2; exit 1; }
+say() { printf '== %s\n' "$*" >&2; }
 
 usage() {
   cat <<'EOF'
 Usage: deploy/push.sh [options]
 
-Builds the two images of docker/Dockerfile (targets bastion-sshd and dns-sidecar, context:
-the repository root) for the stack's CPU architecture, tags both images with the commit
-(git rev-parse --short=12 HEAD), pushes them to the stack's ECR repositories (an image
-whose tag is already there is not built again), renders deploy/task-definition.json,
-registers it, updates the service (desired count 1) and waits until it is stable.
+Reads the stack's outputs (repositories, CpuArchitecture), tags both images of docker/Dockerfile
+(targets bastion-sshd and dns-sidecar) <tag>-amd64 or <tag>-arm64, where <tag> is
+git rev-parse --short=12 HEAD, builds and pushes each one unless exactly that tag is already in
+its repository, then runs
+  aws cloudformation deploy --stack-name <stack> --template-file deploy/cloudformation/bastion.yaml
+    --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset
+    --parameter-overrides ImageTag=<tag>
+which registers the task definition, points the service at it (creating the service the first
+time) and waits until the service is stable. Every other stack parameter keeps its value.
 
 Options:
   --stack NAME          CloudFormation stack (default: bastion; env DEPLOY_STACK)
   --region REGION       AWS region (default: AWS_REGION, then AWS_DEFAULT_REGION)
-  --tag TAG             image tag instead of the commit
+  --tag TAG             image tag instead of the commit (without -amd64/-arm64)
   --allow-dirty         build from a tree with uncommitted changes; the tag becomes
                         <commit>-dirty-<UTC time> (ECR tags are immutable)
-  --desired-count N     desired count set on the service (default: 1)
-  --no-wait             do not wait for the service to become stable
+  --cpu-architecture X86_64|ARM64
+                        switch the stack to this architecture: builds the images for it
+                        and passes CpuArchitecture=... with ImageTag (default: the stack's)
+  --template-file FILE  the template to deploy (default: deploy/cloudformation/bastion.yaml)
   --dry-run             print every docker and aws command instead of running it; needs no
                         AWS credentials (values the stack would give are shown as <Output>
-                        unless given below)
+                        unless given as --bastion-repository, --sidecar-repository and
+                        --cpu-architecture)
   --render-task-definition OUT
                         only render deploy/task-definition.json to OUT from the values
-                        below and exit: no docker, no AWS call; every value is required
+                        below and exit: no docker, no AWS call; needs python3. It is a
+                        reference for deployments without this stack: push.sh never
+                        registers it (the stack does, from its own copy).
   -h, --help            this help
 
-Values (default: the stack's outputs; each also from the environment as DEPLOY_<NAME>,
-e.g. DEPLOY_PERMIT_OPEN):
+Values for --render-task-definition (and --dry-run); each also from the environment as
+DEPLOY_<NAME>, e.g. DEPLOY_PERMIT_OPEN:
   --family NAME  --cpu-architecture X86_64|ARM64  --execution-role-arn ARN
-  --task-role-arn ARN  --log-group NAME  --account-id ID
+  --task-role-arn ARN  --log-group NAME  --account-id ID  --partition aws|aws-cn|aws-us-gov
   --host-key-parameter /NAME  --authorized-keys-parameter /NAME  --permit-open LIST
-  --hosted-zone-id ID  --record-name NAME  --bastion-repository URI
-  --sidecar-repository URI  --cluster NAME  --service NAME
-  --bastion-image URI:TAG  --sidecar-image URI:TAG   (default: <repository>:<tag>)
+  --hosted-zone-id ID  --record-name NAME  --bastion-repository URI  --sidecar-repository URI
+  --bastion-image URI:TAG  --sidecar-image URI:TAG   (default: <repository>:<tag>-<arch>)
+The partition defaults to the region's: cn-* aws-cn, us-gov-* aws-us-gov, else aws.
 EOF
 }
-
-die() { printf 'deploy/push.sh: %s\n' "$*" >&2; exit 1; }
-say() { printf '== %s\n' "$*" >&2; }
-
-# Value name -> the stack output it comes from.
-declare -A OUTPUT_OF=(
-  [FAMILY]=TaskFamily [CPU_ARCHITECTURE]=CpuArchitecture
-  [EXECUTION_ROLE_ARN]=ExecutionRoleArn [TASK_ROLE_ARN]=TaskRoleArn
-  [LOG_GROUP]=LogGroupName [ACCOUNT_ID]=AccountId
-  [HOST_KEY_PARAMETER]=HostKeyParameterName [AUTHORIZED_KEYS_PARAMETER]=AuthorizedKeysParameterName
-  [PERMIT_OPEN]=PermitOpen [HOSTED_ZONE_ID]=HostedZoneId [RECORD_NAME]=RecordName
-  [BASTION_REPOSITORY]=BastionRepositoryUri [SIDECAR_REPOSITORY]=SidecarRepositoryUri
-  [CLUSTER]=ClusterName [SERVICE]=ServiceName
-)
-declare -A V=()
-for name in "${!OUTPUT_OF[@]}" BASTION_IMAGE SIDECAR_IMAGE; do
-  env_name="DEPLOY_$name"
-  if [[ -n ${!env_name:-} ]]; then V[$name]=${!env_name}; fi
-done
 
 STACK=${DEPLOY_STACK:-bastion}
 REGION=${AWS_REGION:-${AWS_DEFAULT_REGION:-}}
 TAG=""
 ALLOW_DIRTY=false
-DESIRED_COUNT=1
-WAIT=true
 DRY_RUN=false
 RENDER_OUT=""
+TEMPLATE_FILE=deploy/cloudformation/bastion.yaml
+FAMILY=${DEPLOY_FAMILY:-}
+CPU_ARCHITECTURE=${DEPLOY_CPU_ARCHITECTURE:-}
+EXECUTION_ROLE_ARN=${DEPLOY_EXECUTION_ROLE_ARN:-}
+TASK_ROLE_ARN=${DEPLOY_TASK_ROLE_ARN:-}
+LOG_GROUP=${DEPLOY_LOG_GROUP:-}
+ACCOUNT_ID=${DEPLOY_ACCOUNT_ID:-}
+PARTITION=${DEPLOY_PARTITION:-}
+HOST_KEY_PARAMETER=${DEPLOY_HOST_KEY_PARAMETER:-}
+AUTHORIZED_KEYS_PARAMETER=${DEPLOY_AUTHORIZED_KEYS_PARAMETER:-}
+PERMIT_OPEN=${DEPLOY_PERMIT_OPEN:-}
+HOSTED_ZONE_ID=${DEPLOY_HOSTED_ZONE_ID:-}
+RECORD_NAME=${DEPLOY_RECORD_NAME:-}
+BASTION_REPOSITORY=${DEPLOY_BASTION_REPOSITORY:-}
+SIDECAR_REPOSITORY=${DEPLOY_SIDECAR_REPOSITORY:-}
+BASTION_IMAGE=${DEPLOY_BASTION_IMAGE:-}
+SIDECAR_IMAGE=${DEPLOY_SIDECAR_IMAGE:-}
+# What was given for the push itself (not read from the stack).
+GIVEN_ARCHITECTURE=$CPU_ARCHITECTURE
+GIVEN_IMAGES=$BASTION_REPOSITORY$SIDECAR_REPOSITORY$BASTION_IMAGE$SIDECAR_IMAGE
 
-while (($#)); do
+while [ $# -gt 0 ]; do
   opt=$1
   case $opt in
     -h | --help) usage; exit 0 ;;
     --allow-dirty) ALLOW_DIRTY=true; shift; continue ;;
-    --no-wait) WAIT=false; shift; continue ;;
     --dry-run) DRY_RUN=true; shift; continue ;;
-  esac
-  name=${opt#--}
-  name=${name//-/_}
-  name=${name^^}
-  case $opt in
-    --stack | --region | --tag | --desired-count | --render-task-definition) ;;
-    --*) [[ -n ${OUTPUT_OF[$name]:-} || $name == BASTION_IMAGE || $name == SIDECAR_IMAGE ]] ||
-      die "unknown option: $opt (see --help)" ;;
+    --desired-count | --no-wait)
+      die "$opt is gone: the stack owns the task count (1 once images exist) and CloudFormation waits for the service (deploy/README.md)" ;;
+    --*) ;;
     *) die "unexpected argument: $opt (see --help)" ;;
   esac
-  (($# >= 2)) || die "$opt needs a value"
+  [ $# -ge 2 ] || die "$opt needs a value"
   value=$2
   shift 2
   case $opt in
     --stack) STACK=$value ;;
     --region) REGION=$value ;;
     --tag) TAG=$value ;;
-    --desired-count) DESIRED_COUNT=$value ;;
     --render-task-definition) RENDER_OUT=$value ;;
-    *) V[$name]=$value ;;
+    --template-file) TEMPLATE_FILE=$value ;;
+    --family) FAMILY=$value ;;
+    --cpu-architecture) CPU_ARCHITECTURE=$value; GIVEN_ARCHITECTURE=$value ;;
+    --execution-role-arn) EXECUTION_ROLE_ARN=$value ;;
+    --task-role-arn) TASK_ROLE_ARN=$value ;;
+    --log-group) LOG_GROUP=$value ;;
+    --account-id) ACCOUNT_ID=$value ;;
+    --partition) PARTITION=$value ;;
+    --host-key-parameter) HOST_KEY_PARAMETER=$value ;;
+    --authorized-keys-parameter) AUTHORIZED_KEYS_PARAMETER=$value ;;
+    --permit-open) PERMIT_OPEN=$value ;;
+    --hosted-zone-id) HOSTED_ZONE_ID=$value ;;
+    --record-name) RECORD_NAME=$value ;;
+    --bastion-repository) BASTION_REPOSITORY=$value; GIVEN_IMAGES=x ;;
+    --sidecar-repository) SIDECAR_REPOSITORY=$value; GIVEN_IMAGES=x ;;
+    --bastion-image) BASTION_IMAGE=$value; GIVEN_IMAGES=x ;;
+    --sidecar-image) SIDECAR_IMAGE=$value; GIVEN_IMAGES=x ;;
+    *) die "unknown option: $opt (see --help)" ;;
   esac
 done
 
-cd "$ROOT"
-[[ $DESIRED_COUNT =~ ^[0-9]+$ ]] || die "--desired-count must be a number"
+# Paths given are relative to where push.sh was called from; it works from the repository root.
+case $RENDER_OUT in /* | '') ;; *) RENDER_OUT=$PWD/$RENDER_OUT ;; esac
+case $TEMPLATE_FILE in /* | deploy/cloudformation/bastion.yaml) ;; *) TEMPLATE_FILE=$PWD/$TEMPLATE_FILE ;; esac
+cd "$(dirname "$0")/.."
+[ -n "$REGION" ] || die "no region: give --region (or set AWS_REGION)"
 
-# --- the image tag ------------------------------------------------------------------
-if [[ -z $TAG && ( -z ${V[BASTION_IMAGE]:-} || -z ${V[SIDECAR_IMAGE]:-} ) ]]; then
-  command -v git >/dev/null || die "git is needed to tag the images (or give --tag)"
+# --- the image tag ----------------------------------------------------------------------
+if [ -z "$TAG" ] && { [ -z "$RENDER_OUT" ] || [ -z "$BASTION_IMAGE" ] || [ -z "$SIDECAR_IMAGE" ]; }; then
+  command -v git >/dev/null 2>&1 || die "git is needed to tag the images (or give --tag)"
   TAG=$(git rev-parse --short=12 HEAD) || die "not a git checkout (give --tag)"
-  if [[ -n $(git status --porcelain) ]]; then
-    $ALLOW_DIRTY || die "the work tree has uncommitted changes (git status); commit them, or use --allow-dirty"
+  if [ -n "$(git status --porcelain)" ]; then
+    [ "$ALLOW_DIRTY" = true ] || die "the work tree has uncommitted changes (git status); commit them, or use --allow-dirty"
     TAG="$TAG-dirty-$(date -u +%Y%m%d%H%M%S)"
     say "building from a dirty tree: tag $TAG"
   fi
 fi
-if [[ -n $TAG && ! $TAG =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]]; then
-  die "invalid image tag: $TAG"
+# ECR allows 128 characters; 6 go to -amd64/-arm64.
+if [ -n "$TAG" ]; then
+  case $TAG in
+    [!A-Za-z0-9_]* | *[!A-Za-z0-9_.-]*) die "invalid image tag: $TAG" ;;
+  esac
+  [ ${#TAG} -le 122 ] || die "image tag longer than 122 characters: $TAG"
 fi
 
-# Renders the template with the values in V to $1; fails on any missing or left-over
-# placeholder and on output that is not JSON. $2 = strict: also check the values' form.
-render() {
-  local out=$1 strict=$2 name
-  local -a env_args=()
-  for name in "${!V[@]}"; do env_args+=("RENDER_$name=${V[$name]}"); done
-  env "${env_args[@]}" RENDER_REGION="$REGION" python3 - "$TEMPLATE" "$out" "$strict" <<'PY'
+# arch_of X86_64|ARM64: the image tag suffix (the template's IsArm64 condition says the same).
+arch_of() {
+  case $1 in
+    X86_64) echo amd64 ;;
+    ARM64) echo arm64 ;;
+    *) return 1 ;;
+  esac
+}
+
+# --- render only ------------------------------------------------------------------------
+if [ -n "$RENDER_OUT" ]; then
+  command -v python3 >/dev/null 2>&1 ||
+    die "python3 is needed to render the task definition (--render-task-definition only; pushing needs no python3)"
+  if [ -z "$PARTITION" ]; then
+    case $REGION in
+      cn-*) PARTITION=aws-cn ;;
+      us-gov-*) PARTITION=aws-us-gov ;;
+      *) PARTITION=aws ;;
+    esac
+  fi
+  if [ -n "$CPU_ARCHITECTURE" ] && ! arch_of "$CPU_ARCHITECTURE" >/dev/null; then
+    die "CPU_ARCHITECTURE = $CPU_ARCHITECTURE is neither X86_64 nor ARM64"
+  fi
+  if arch=$(arch_of "$CPU_ARCHITECTURE"); then
+    if [ -z "$BASTION_IMAGE" ] && [ -n "$BASTION_REPOSITORY" ]; then BASTION_IMAGE="$BASTION_REPOSITORY:$TAG-$arch"; fi
+    if [ -z "$SIDECAR_IMAGE" ] && [ -n "$SIDECAR_REPOSITORY" ]; then SIDECAR_IMAGE="$SIDECAR_REPOSITORY:$TAG-$arch"; fi
+  fi
+  # Fills every ${NAME} of the template; fails on a missing, malformed or left-over value and
+  # on output that is not JSON, and writes OUT only when all is well.
+  env RENDER_FAMILY="$FAMILY" RENDER_CPU_ARCHITECTURE="$CPU_ARCHITECTURE" \
+    RENDER_EXECUTION_ROLE_ARN="$EXECUTION_ROLE_ARN" RENDER_TASK_ROLE_ARN="$TASK_ROLE_ARN" \
+    RENDER_LOG_GROUP="$LOG_GROUP" RENDER_ACCOUNT_ID="$ACCOUNT_ID" RENDER_PARTITION="$PARTITION" \
+    RENDER_HOST_KEY_PARAMETER="$HOST_KEY_PARAMETER" RENDER_AUTHORIZED_KEYS_PARAMETER="$AUTHORIZED_KEYS_PARAMETER" \
+    RENDER_PERMIT_OPEN="$PERMIT_OPEN" RENDER_HOSTED_ZONE_ID="$HOSTED_ZONE_ID" RENDER_RECORD_NAME="$RECORD_NAME" \
+    RENDER_BASTION_IMAGE="$BASTION_IMAGE" RENDER_SIDECAR_IMAGE="$SIDECAR_IMAGE" RENDER_REGION="$REGION" \
+    python3 - deploy/task-definition.json "$RENDER_OUT" <<'PY'
 import json, os, re, sys
 
-template, out, strict = sys.argv[1], sys.argv[2], sys.argv[3] == "strict"
+template, out = sys.argv[1], sys.argv[2]
 text = open(template, encoding="utf-8").read()
 placeholder = re.compile(r"\$\{([A-Z0-9_]+)\}")
 names = sorted(set(placeholder.findall(text)))
@@ -138,22 +196,22 @@ if missing:
     sys.exit("deploy/push.sh: no value for " + ", ".join(missing) +
              " (give them as --" + " --".join(n.lower().replace("_", "-") for n in missing) +
              "; the images also as --bastion-repository and --sidecar-repository with --tag)")
-if strict:
-    forms = {
-        "CPU_ARCHITECTURE": r"X86_64|ARM64",
-        "ACCOUNT_ID": r"\d{12}",
-        "REGION": r"[a-z]{2}(-[a-z]+)+-\d",
-        "HOST_KEY_PARAMETER": r"/[A-Za-z0-9_.\-/]+",
-        "AUTHORIZED_KEYS_PARAMETER": r"/[A-Za-z0-9_.\-/]+",
-        "RECORD_NAME": r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]",
-        "EXECUTION_ROLE_ARN": r"arn:aws[a-z-]*:iam::\d{12}:role/\S+",
-        "TASK_ROLE_ARN": r"arn:aws[a-z-]*:iam::\d{12}:role/\S+",
-        "BASTION_IMAGE": r"\S+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}",
-        "SIDECAR_IMAGE": r"\S+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}",
-    }
-    for n, form in forms.items():
-        if n in value and not re.fullmatch(form, value[n]):
-            sys.exit(f"deploy/push.sh: {n} = {value[n]!r} is not of the form {form}")
+forms = {
+    "CPU_ARCHITECTURE": r"X86_64|ARM64",
+    "ACCOUNT_ID": r"\d{12}",
+    "PARTITION": r"aws(-[a-z]+)*",
+    "REGION": r"[a-z]{2}(-[a-z]+)+-\d",
+    "HOST_KEY_PARAMETER": r"/[A-Za-z0-9_.\-/]+",
+    "AUTHORIZED_KEYS_PARAMETER": r"/[A-Za-z0-9_.\-/]+",
+    "RECORD_NAME": r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]",
+    "EXECUTION_ROLE_ARN": r"arn:aws[a-z-]*:iam::\d{12}:role/\S+",
+    "TASK_ROLE_ARN": r"arn:aws[a-z-]*:iam::\d{12}:role/\S+",
+    "BASTION_IMAGE": r"\S+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}",
+    "SIDECAR_IMAGE": r"\S+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}",
+}
+for n, form in forms.items():
+    if n in value and not re.fullmatch(form, value[n]):
+        sys.exit(f"deploy/push.sh: {n} = {value[n]!r} is not of the form {form}")
 rendered = placeholder.sub(lambda m: json.dumps(value[m.group(1)])[1:-1], text)
 left = re.findall(r"\$\{[^}]*\}", rendered)
 if left:
@@ -162,155 +220,153 @@ json.loads(rendered)
 with open(out, "w", encoding="utf-8") as f:
     f.write(rendered)
 PY
-}
-
-image_defaults() {
-  if [[ -z ${V[BASTION_IMAGE]:-} && -n ${V[BASTION_REPOSITORY]:-} ]]; then V[BASTION_IMAGE]="${V[BASTION_REPOSITORY]}:$TAG"; fi
-  if [[ -z ${V[SIDECAR_IMAGE]:-} && -n ${V[SIDECAR_REPOSITORY]:-} ]]; then V[SIDECAR_IMAGE]="${V[SIDECAR_REPOSITORY]}:$TAG"; fi
-  return 0
-}
-
-# --- render only ----------------------------------------------------------------------
-if [[ -n $RENDER_OUT ]]; then
-  command -v python3 >/dev/null || die "python3 is needed to render the task definition"
-  [[ -n $REGION ]] || die "no region: give --region (or set AWS_REGION)"
-  image_defaults
-  render "$RENDER_OUT" strict
-  say "rendered $TEMPLATE to $RENDER_OUT"
+  say "rendered deploy/task-definition.json to $RENDER_OUT (partition $PARTITION)"
   exit 0
 fi
 
-# --- commands ---------------------------------------------------------------------------
+# --- commands -----------------------------------------------------------------------------
 # Prints a command as it would be typed: plain words bare, anything else in single quotes.
 show() {
-  local arg line="+"
-  for arg in "$@"; do
-    if [[ $arg =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      line+=" $arg"
-    else
-      line+=" '${arg//\'/\'\\\'\'}'"
-    fi
+  show_line="+"
+  for show_arg in "$@"; do
+    case $show_arg in
+      '' | *[!A-Za-z0-9_@%+=:,./-]*)
+        show_line="$show_line '$(printf '%s' "$show_arg" | sed "s/'/'\\\\''/g")'" ;;
+      *) show_line="$show_line $show_arg" ;;
+    esac
   done
-  printf '%s\n' "$line"
+  printf '%s\n' "$show_line"
 }
 run() {
   show "$@"
-  $DRY_RUN || "$@"
+  if [ "$DRY_RUN" = false ]; then "$@"; fi
 }
 
-needed=(python3)
-$DRY_RUN || needed+=(aws docker)
-for tool in "${needed[@]}"; do
-  command -v "$tool" >/dev/null || die "$tool is not installed"
-done
-[[ -n $REGION ]] || die "no region: give --region (or set AWS_REGION)"
+[ -z "$GIVEN_IMAGES" ] || [ "$DRY_RUN" = true ] ||
+  die "--bastion-repository, --sidecar-repository and the image options are for --dry-run and --render-task-definition: a push uses the stack's repositories"
+if [ "$DRY_RUN" = false ]; then
+  for tool in aws docker; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
+  done
+fi
+[ -f "$TEMPLATE_FILE" ] || die "no template $TEMPLATE_FILE"
 
-# Values not given come from the stack's outputs (one call).
-missing=()
-for name in "${!OUTPUT_OF[@]}"; do
-  [[ -n ${V[$name]:-} ]] || missing+=("$name")
-done
-if ((${#missing[@]})); then
-  describe=(aws cloudformation describe-stacks --region "$REGION" --stack-name "$STACK"
-    --query "Stacks[0].Outputs[].[OutputKey,OutputValue]" --output text)
-  if $DRY_RUN; then
-    show "${describe[@]}"
-    for name in "${missing[@]}"; do V[$name]="<${OUTPUT_OF[$name]}>"; done
+# read_outputs: the stack's outputs into OUT_<name> (one call).
+OUT_BASTION_REPOSITORY="" OUT_SIDECAR_REPOSITORY="" OUT_CPU_ARCHITECTURE="" OUT_CLUSTER=""
+OUT_SERVICE="" OUT_TASK_DEFINITION=""
+describe_outputs() {
+  "$@" aws cloudformation describe-stacks --region "$REGION" --stack-name "$STACK" \
+    --query 'Stacks[0].Outputs[].[OutputKey,OutputValue]' --output text
+}
+read_outputs() {
+  outputs=$(describe_outputs command) || return 1
+  tab=$(printf '\t')
+  while IFS=$tab read -r key val; do
+    case $key in
+      BastionRepositoryUri) OUT_BASTION_REPOSITORY=$val ;;
+      SidecarRepositoryUri) OUT_SIDECAR_REPOSITORY=$val ;;
+      CpuArchitecture) OUT_CPU_ARCHITECTURE=$val ;;
+      ClusterName) OUT_CLUSTER=$val ;;
+      ServiceName) OUT_SERVICE=$val ;;
+      TaskDefinitionArn) OUT_TASK_DEFINITION=$val ;;
+    esac
+  done <<EOF
+$outputs
+EOF
+}
+
+if [ -z "$BASTION_REPOSITORY" ] || [ -z "$SIDECAR_REPOSITORY" ] || [ -z "$CPU_ARCHITECTURE" ]; then
+  if [ "$DRY_RUN" = true ]; then
+    describe_outputs show
+    OUT_BASTION_REPOSITORY="<BastionRepositoryUri>" OUT_SIDECAR_REPOSITORY="<SidecarRepositoryUri>"
+    OUT_CPU_ARCHITECTURE="<CpuArchitecture>"
   else
     say "reading the outputs of stack $STACK"
-    outputs=$("${describe[@]}") || die "cannot read the outputs of stack $STACK in $REGION"
-    declare -A OUT=()
-    while IFS=$'\t' read -r key val; do
-      if [[ -n $key ]]; then OUT[$key]=$val; fi
-    done <<<"$outputs"
-    for name in "${missing[@]}"; do
-      [[ -n ${OUT[${OUTPUT_OF[$name]}]:-} ]] ||
-        die "stack $STACK has no output ${OUTPUT_OF[$name]} (is it deploy/cloudformation/bastion.yaml?)"
-      V[$name]=${OUT[${OUTPUT_OF[$name]}]}
-    done
+    read_outputs || die "cannot read the outputs of stack $STACK in $REGION (create it first: deploy/README.md, step 2)"
+    if [ -z "$OUT_BASTION_REPOSITORY" ] || [ -z "$OUT_SIDECAR_REPOSITORY" ] || [ -z "$OUT_CPU_ARCHITECTURE" ]; then
+      die "stack $STACK has no BastionRepositoryUri, SidecarRepositoryUri or CpuArchitecture output (is it deploy/cloudformation/bastion.yaml?)"
+    fi
   fi
+  [ -n "$BASTION_REPOSITORY" ] || BASTION_REPOSITORY=$OUT_BASTION_REPOSITORY
+  [ -n "$SIDECAR_REPOSITORY" ] || SIDECAR_REPOSITORY=$OUT_SIDECAR_REPOSITORY
+  [ -n "$CPU_ARCHITECTURE" ] || CPU_ARCHITECTURE=$OUT_CPU_ARCHITECTURE
 fi
-image_defaults
 
-case ${V[CPU_ARCHITECTURE]} in
-  X86_64) PLATFORM=linux/amd64 ;;
-  ARM64) PLATFORM=linux/arm64 ;;
-  *) $DRY_RUN || die "CpuArchitecture ${V[CPU_ARCHITECTURE]} is neither X86_64 nor ARM64"
-     PLATFORM="linux/<amd64 or arm64, from CpuArchitecture>" ;;
-esac
-if [[ ${V[BASTION_IMAGE]} == */* ]]; then
-  REGISTRY=${V[BASTION_IMAGE]%%/*}
+if ARCH=$(arch_of "$CPU_ARCHITECTURE"); then
+  :
+elif [ "$DRY_RUN" = true ] && [ "$CPU_ARCHITECTURE" = "<CpuArchitecture>" ]; then
+  ARCH="<amd64 or arm64, from CpuArchitecture>"
 else
-  $DRY_RUN || die "BASTION_IMAGE ${V[BASTION_IMAGE]} names no registry"
-  REGISTRY="<the registry of BastionRepositoryUri>"
+  die "CpuArchitecture $CPU_ARCHITECTURE is neither X86_64 nor ARM64"
 fi
+PLATFORM=linux/$ARCH
+BASTION_IMAGE=${BASTION_IMAGE:-$BASTION_REPOSITORY:$TAG-$ARCH}
+SIDECAR_IMAGE=${SIDECAR_IMAGE:-$SIDECAR_REPOSITORY:$TAG-$ARCH}
+case $BASTION_IMAGE in
+  */*) REGISTRY=${BASTION_IMAGE%%/*} ;;
+  *) [ "$DRY_RUN" = true ] || die "$BASTION_IMAGE names no registry"
+     REGISTRY="<the registry of BastionRepositoryUri>" ;;
+esac
 
 say "logging in to $REGISTRY"
-if $DRY_RUN; then
+if [ "$DRY_RUN" = true ]; then
   printf '%s |%s\n' "$(show aws ecr get-login-password --region "$REGION")" \
     "$(show docker login --username AWS --password-stdin "$REGISTRY" | cut -c2-)"
 else
-  aws ecr get-login-password --region "$REGION" | docker login --username AWS --password-stdin "$REGISTRY"
+  password=$(aws ecr get-login-password --region "$REGION") || die "aws ecr get-login-password failed"
+  printf '%s' "$password" | docker login --username AWS --password-stdin "$REGISTRY" ||
+    die "docker login to $REGISTRY failed"
+  password=""
 fi
 
-# image_exists IMAGE: is REPOSITORY:TAG already in ECR?
+# image_exists IMAGE: is REPOSITORY:TAG (this exact tag, architecture included) in ECR?
 image_exists() {
-  local image=$1 repository tag
-  repository=${image%:*}
-  repository=${repository#*/}
-  tag=${image##*:}
-  aws ecr describe-images --region "$REGION" --repository-name "$repository" \
-    --image-ids "imageTag=$tag" --output text --query 'imageDetails[0].imageDigest' >/dev/null 2>&1
+  exists_repository=${1%:*}
+  exists_repository=${exists_repository#*/}
+  aws ecr describe-images --region "$REGION" --repository-name "$exists_repository" \
+    --image-ids "imageTag=${1##*:}" --output text --query 'imageDetails[0].imageDigest' >/dev/null 2>&1
 }
 
+buildx_checked=false
 for component in bastion-sshd dns-sidecar; do
-  if [[ $component == bastion-sshd ]]; then image=${V[BASTION_IMAGE]}; else image=${V[SIDECAR_IMAGE]}; fi
-  if ! $DRY_RUN && image_exists "$image"; then
+  if [ "$component" = bastion-sshd ]; then image=$BASTION_IMAGE; else image=$SIDECAR_IMAGE; fi
+  if [ "$DRY_RUN" = false ] && image_exists "$image"; then
     say "$image is already in ECR (tags are immutable): not built again"
     continue
   fi
   say "building and pushing $image ($PLATFORM)"
-  if ! $DRY_RUN && ! docker buildx version >/dev/null 2>&1; then
-    die "docker buildx is needed (Docker Desktop, or the docker-buildx-plugin package)"
+  if [ "$DRY_RUN" = false ] && [ "$buildx_checked" = false ]; then
+    docker buildx version >/dev/null 2>&1 ||
+      die "docker buildx is needed (Docker Desktop, or the docker-buildx-plugin package)"
+    buildx_checked=true
   fi
-  $DRY_RUN && printf '# (skipped when %s is already in the repository)\n' "$image"
+  [ "$DRY_RUN" = false ] || printf '# (skipped when %s is already in the repository)\n' "$image"
   run docker buildx build --platform "$PLATFORM" --provenance=false \
     -f docker/Dockerfile --target "$component" -t "$image" --load .
   run docker push "$image"
 done
 
-rendered=$(mktemp "${TMPDIR:-/tmp}/task-definition.XXXXXX.json")
-trap 'rm -f "$rendered"' EXIT
-if $DRY_RUN; then render "$rendered" lenient; else render "$rendered" strict; fi
-say "rendered $TEMPLATE (family ${V[FAMILY]}, $PLATFORM)"
-
-register=(aws ecs register-task-definition --region "$REGION" --cli-input-json "file://$rendered"
-  --query taskDefinition.taskDefinitionArn --output text)
-if $DRY_RUN; then
-  show "${register[@]}"
-  TASK_DEFINITION_ARN="<the new task definition ARN>"
+# The stack update: ImageTag (and CpuArchitecture when given); every other parameter keeps
+# its previous value. CloudFormation registers the task definition, updates (the first time:
+# creates) the service and waits until it is stable; a deployment that does not become
+# healthy is rolled back by the circuit breaker and then by CloudFormation.
+if [ -n "$GIVEN_ARCHITECTURE" ]; then
+  set -- "ImageTag=$TAG" "CpuArchitecture=$CPU_ARCHITECTURE"
 else
-  show "${register[@]}"
-  TASK_DEFINITION_ARN=$("${register[@]}")
-  say "registered $TASK_DEFINITION_ARN"
+  set -- "ImageTag=$TAG"
+fi
+say "updating stack $STACK: $* (CloudFormation waits until the service is stable)"
+if ! run aws cloudformation deploy --region "$REGION" --stack-name "$STACK" --template-file "$TEMPLATE_FILE" \
+  --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset \
+  --parameter-overrides "$@"; then
+  read_outputs || true
+  die "the stack update failed (CloudFormation rolls a failed update back; the images stay in ECR). Why:
+  aws cloudformation describe-stack-events --region $REGION --stack-name $STACK --max-items 25 --query 'StackEvents[?contains(ResourceStatus, \`FAILED\`)].[LogicalResourceId,ResourceStatusReason]'
+  aws ecs describe-services --region $REGION --cluster ${OUT_CLUSTER:-<ClusterName output>} --services ${OUT_SERVICE:-<ServiceName output>} --query 'services[0].events[:10]'
+(and the stopped tasks' stoppedReason: aws ecs list-tasks --desired-status STOPPED, aws ecs describe-tasks)"
 fi
 
-run aws ecs update-service --region "$REGION" --cluster "${V[CLUSTER]}" --service "${V[SERVICE]}" \
-  --task-definition "$TASK_DEFINITION_ARN" --desired-count "$DESIRED_COUNT" \
-  --query service.serviceArn --output text
-if $WAIT; then
-  say "waiting until service ${V[SERVICE]} is stable (the old task stops first, then the new one starts)"
-  if ! run aws ecs wait services-stable --region "$REGION" --cluster "${V[CLUSTER]}" --services "${V[SERVICE]}"; then
-    die "the service did not become stable; see: aws ecs describe-services --region $REGION --cluster ${V[CLUSTER]} --services ${V[SERVICE]} --query 'services[0].events[:10]'"
-  fi
+if [ "$DRY_RUN" = false ]; then
+  read_outputs || die "cannot read the outputs of stack $STACK after the update"
+  say "done: stack $STACK runs $TAG-$ARCH: service ${OUT_SERVICE:-?} on ${OUT_TASK_DEFINITION:-?}"
 fi
-
-cat >&2 <<EOF
-== done: images tagged ${TAG:-(as given)}, service ${V[SERVICE]} on $TASK_DEFINITION_ARN
-The stack's own task definition keeps the ImageTag and DesiredCount it was last deployed
-with. A stack update that changes the task definition points the service back at the
-stack's revision, so pass this tag and DesiredCount=1 on every later update
-(deploy/README.md, "Later changes"):
-  aws cloudformation deploy --region $REGION --stack-name $STACK --template-file $STACK_TEMPLATE \\
-    --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --parameter-overrides ImageTag=${TAG:-<tag>} DesiredCount=1
-EOF

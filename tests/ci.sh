@@ -23,7 +23,7 @@ declare -A TOOLS=(
   [psql]=postgresql-client [kill]=procps [pkill]=procps [ss]=iproute2 [runuser]=util-linux [cc]=gcc
   [curl]=curl [shellcheck]=shellcheck [dockerd]=docker.io [readelf]=binutils
   [plink]=putty-tools [puttygen]=putty-tools [dbclient]=dropbear-bin [dropbearconvert]=dropbear-bin
-  [iperf3]=iperf3 [pgbench]=postgresql
+  [iperf3]=iperf3 [pgbench]=postgresql [dash]=dash [busybox]=busybox [git]=git
 )
 missing=()
 for tool in "${!TOOLS[@]}"; do
@@ -121,6 +121,12 @@ say "Dockerfile: hadolint, checkov"
 
 say "deploy/: cfn-lint, checkov, push.sh, the task definition against the ECS API model (tests/deploy.sh)"
 PATH="$PWD/$DEPLOY_VENV/bin:$PATH" bash tests/deploy.sh
+
+say "deploy/: the stack and push.sh on moto's CloudFormation, push.sh under dash with busybox (tests/deploy_push.sh)"
+PATH="$PWD/$DEPLOY_VENV/bin:$PATH" bash tests/deploy_push.sh
+
+say "deploy/: the alerts, their EventBridge rule, topic and new-login notifier on moto (tests/alerts.py)"
+PATH="$PWD/$DEPLOY_VENV/bin:$PATH" python3 tests/alerts.py
 
 say "supply chain: cargo deny check bans licenses sources (advisories: see SECURITY.md)"
 cargo deny check --hide-inclusion-graph bans licenses sources

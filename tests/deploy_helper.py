@@ -1,0 +1,513 @@
+"""tests/deploy.sh and tests/deploy_push.sh helper (python3 with PyYAML: the deploy venv).
+Evaluates deploy/cloudformation/bastion.yaml with test values, so that it can be compared with
+deploy/*.json rendered with the same values; expands its Fn::ForEach loops (checkov and moto do
+not); compares the IAM policies; checks push.sh for bash-isms. tests/deploy_stack.py checks the
+deployer policy and the stack moto deployed.
+
+  deploy_helper.py COMMAND ARGS...   (see the table at the end)
+"""
+import copy, difflib, json, re, sys
+import yaml
+
+REGION, ACCOUNT, STACK, TAG = "us-east-1", "123456789012", "bastion", "0123456789ab"
+REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
+PARAMS = {
+    "VpcId": "vpc-0123456789abcdef0",
+    "SubnetIds": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
+    "AllowedCidrs": ["203.0.113.0/24", "198.51.100.7/32"],
+    "EgressCidr": "10.0.0.0/16",
+    "EgressPorts": ["5432", "22"],
+    "HostedZoneId": "Z0123456789ABCDEFGHIJ",
+    "RecordName": "bastion.eu-west-1.example.com",
+    "PermitOpen": "db.internal:5432,10.0.0.0/16:5432,[fd00::1]:22",
+    "HostKeyParameterName": "/bastion/host-key",
+    "AuthorizedKeysParameterName": "/bastion/authorized-keys",
+    "ImageTag": TAG,
+    "CpuArchitecture": "ARM64",
+    "LogRetentionDays": "30",
+}
+PSEUDO = {"AWS::StackName": STACK, "AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
+          "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
+RESOURCE_REFS = {
+    "LogGroup": "bastion-LogGroup-EXAMPLE", "Cluster": "bastion-Cluster-EXAMPLE",
+    "TaskDefinition": f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/bastion:1",
+}
+ATTS = {
+    "BastionRepository.RepositoryUri": f"{REGISTRY}/bastion/bastion-sshd",
+    "SidecarRepository.RepositoryUri": f"{REGISTRY}/bastion/dns-sidecar",
+    "BastionRepository.Arn": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/bastion/bastion-sshd",
+    "SidecarRepository.Arn": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/bastion/dns-sidecar",
+    "ExecutionRole.Arn": f"arn:aws:iam::{ACCOUNT}:role/bastion-ExecutionRole-EXAMPLE",
+    "TaskRole.Arn": f"arn:aws:iam::{ACCOUNT}:role/bastion-TaskRole-EXAMPLE",
+    "SecurityGroup.GroupId": "sg-0123456789abcdef0",
+    "Service.Name": "bastion-Service-EXAMPLE",
+}
+# deploy/iam/*.json placeholders, the same values.
+IAM_VALUES = {
+    "PARTITION": "aws", "REGION": REGION, "ACCOUNT_ID": ACCOUNT, "STACK": STACK,
+    "HOSTED_ZONE_ID": PARAMS["HostedZoneId"], "RECORD_NAME": PARAMS["RecordName"],
+    "LOG_GROUP": RESOURCE_REFS["LogGroup"],
+    "BASTION_REPOSITORY": "bastion/bastion-sshd", "SIDECAR_REPOSITORY": "bastion/dns-sidecar",
+    "HOST_KEY_PARAMETER": PARAMS["HostKeyParameterName"],
+    "AUTHORIZED_KEYS_PARAMETER": PARAMS["AuthorizedKeysParameterName"],
+}
+
+
+class CfnLoader(yaml.SafeLoader):
+    pass
+
+
+def _tag(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix in ("Ref", "Condition"):
+        return {suffix: value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {"Fn::" + suffix: value}
+
+
+CfnLoader.add_multi_constructor("!", _tag)
+
+
+def load_template(path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=CfnLoader)
+
+
+def fail(msg):
+    sys.exit("helper: " + msg)
+
+
+class Unknown(Exception):
+    """A value the evaluator has no test value for (partial evaluation keeps the node)."""
+
+
+NO_VALUE = object()
+
+
+class Evaluator:
+    """Ref, Fn::GetAtt, Fn::Sub, Fn::If, Fn::Select, Fn::Split, Fn::Join, Fn::FindInMap and the
+    condition functions, with the test values; parameters not given take their Default."""
+
+    def __init__(self, template, params=None, resources=True):
+        self.t = template
+        self.params = {k: v.get("Default") for k, v in template.get("Parameters", {}).items()
+                       if "Default" in v}
+        for k, v in self.params.items():
+            if template["Parameters"][k]["Type"] in ("CommaDelimitedList",) and isinstance(v, str):
+                self.params[k] = v.split(",")
+        self.params.update(PARAMS if params is None else params)
+        self.refs = dict(self.params, **PSEUDO)
+        if resources:
+            self.refs.update(RESOURCE_REFS)
+        self.atts = ATTS if resources else {}
+        self.conditions = expand_section(template.get("Conditions", {}), self)
+
+    def condition(self, name):
+        if name not in self.conditions:
+            fail(f"no condition {name}")
+        return bool(self.eval(self.conditions[name]))
+
+    def eval(self, node, local=None):
+        local = local or {}
+        if isinstance(node, list):
+            return [v for v in (self.eval(n, local) for n in node) if v is not NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            (key, arg), = node.items()
+            if key == "Ref":
+                if arg == "AWS::NoValue":
+                    return NO_VALUE
+                if arg in local:
+                    return local[arg]
+                if arg not in self.refs:
+                    raise Unknown(f"Ref {arg}")
+                return self.refs[arg]
+            if key == "Condition":
+                return self.condition(arg)
+            if key == "Fn::GetAtt":
+                name = ".".join(arg)
+                if name not in self.atts:
+                    raise Unknown(f"GetAtt {name}")
+                return self.atts[name]
+            if key == "Fn::Sub":
+                text, extra = (arg, {}) if isinstance(arg, str) else (arg[0], self.eval(arg[1], local))
+
+                def sub(m):
+                    name = m.group(1)
+                    if name.startswith("!"):
+                        return "${" + name[1:] + "}"
+                    if name in extra:
+                        return str(extra[name])
+                    if name in local:
+                        return str(local[name])
+                    if name in self.refs:
+                        return str(self.refs[name])
+                    if name in self.atts:
+                        return self.atts[name]
+                    raise Unknown(f"${{{name}}} in Fn::Sub")
+                return re.sub(r"\$\{([^}]+)\}", sub, text)
+            if key == "Fn::If":
+                cond, yes, no = arg
+                return self.eval(yes if self.condition(cond) else no, local)
+            if key == "Fn::Equals":
+                a, b = self.eval(arg, local)
+                return str(a) == str(b)
+            if key == "Fn::Not":
+                return not self.eval(arg[0], local)
+            if key == "Fn::And":
+                return all(self.eval(arg, local))
+            if key == "Fn::Or":
+                return any(self.eval(arg, local))
+            if key == "Fn::Join":
+                sep, items = arg
+                return sep.join(str(i) for i in self.eval(items, local))
+            if key == "Fn::Split":
+                sep, text = arg
+                return self.eval(text, local).split(sep)
+            if key == "Fn::Select":
+                i, items = arg
+                return self.eval(items, local)[int(self.eval(i, local))]
+            if key == "Fn::FindInMap":
+                m, k1, k2 = self.eval(arg, local)
+                return self.t["Mappings"][m][k1][k2]
+            if key.startswith("Fn::"):
+                fail(f"the test evaluator does not know {key}")
+        return {k: v for k, v in ((k, self.eval(v, local)) for k, v in node.items()) if v is not NO_VALUE}
+
+    def partial(self, node):
+        """Evaluates what depends on parameters only; keeps what needs a resource."""
+        try:
+            return self.eval(node)
+        except Unknown:
+            pass
+        if isinstance(node, list):
+            return [v for v in map(self.partial, node) if v is not NO_VALUE]
+        if isinstance(node, dict):
+            return {k: v for k, v in ((k, self.partial(v)) for k, v in node.items()) if v is not NO_VALUE}
+        return node
+
+
+def substitute(node, ident, item):
+    """Fn::ForEach's replacement of the identifier in a fragment."""
+    if isinstance(node, list):
+        return [substitute(n, ident, item) for n in node]
+    if isinstance(node, dict):
+        if node == {"Ref": ident}:
+            return item
+        out = {}
+        for k, v in node.items():
+            k = k.replace("&{" + ident + "}", re.sub(r"[^A-Za-z0-9]", "", item)).replace("${" + ident + "}", item)
+            v = substitute(v, ident, item)
+            # The transform resolves Fn::Sub in the Condition attribute to the plain name.
+            if k == "Condition" and isinstance(v, dict) and isinstance(v.get("Fn::Sub"), str):
+                v = v["Fn::Sub"]
+            out[k] = v
+        return out
+    if isinstance(node, str):
+        return node.replace("${" + ident + "}", item)
+    return node
+
+
+def expand_section(section, ev):
+    out = {}
+    for key, value in section.items():
+        if not key.startswith("Fn::ForEach::"):
+            if key in out:
+                fail(f"duplicate logical ID {key}")
+            out[key] = value
+            continue
+        ident, collection, body = value
+        items = collection if isinstance(collection, list) else ev.eval(collection)
+        for item in items:
+            for name, fragment in substitute(body, ident, item).items():
+                if name in out:
+                    fail(f"Fn::ForEach::{key[13:]} gives the logical ID {name} twice (item {item!r})")
+                out[name] = fragment
+    return out
+
+
+def expand(template_path, out_path, resolve="keep", params_json=""):
+    """Fn::ForEach expanded (the transform removed). resolve=keep: conditions stay, for moto;
+    resolve=resolve: with the test values (or PARAMS overridden by params_json), resources whose
+    condition is false dropped and parameter-only expressions evaluated, for checkov."""
+    t = load_template(template_path)
+    params = dict(PARAMS, **json.loads(params_json)) if params_json else None
+    ev = Evaluator(t, params)
+    t.pop("Transform", None)
+    for section in ("Conditions", "Resources", "Outputs"):
+        if section in t:
+            t[section] = expand_section(t[section], ev)
+    if resolve == "resolve":
+        resources = {}
+        for name, r in t["Resources"].items():
+            if "Condition" in r:
+                if not ev.condition(r["Condition"]):
+                    continue
+                r = {k: v for k, v in r.items() if k != "Condition"}
+            resources[name] = ev.partial(r)
+        t["Resources"] = resources
+        t["Outputs"] = {k: v for k, v in t.get("Outputs", {}).items()
+                        if "Condition" not in v or ev.condition(v["Condition"])}
+        for o in t["Outputs"].values():
+            o.pop("Condition", None)
+        t.pop("Conditions", None)
+    with open(out_path, "w", encoding="utf-8") as f:
+        json.dump(t, f, separators=(",", ":"))
+    print(len(t["Resources"]))
+
+
+def ssh_rules(expanded_path, *want):
+    """The expanded (resolved) template has exactly one SSH rule per wanted CIDR."""
+    with open(expanded_path, encoding="utf-8") as f:
+        t = json.load(f)
+    rules = {n: r["Properties"] for n, r in t["Resources"].items() if r["Type"] == "AWS::EC2::SecurityGroupIngress"}
+    got = sorted((p["CidrIp"], p["FromPort"], p["Description"]) for p in rules.values())
+    same("SSH rules", got, sorted((c, 22, f"SSH from {c}") for c in want))
+    print("distinct SSH rules:", ", ".join(f"{n}={p['CidrIp']}" for n, p in sorted(rules.items())))
+
+
+def camel(node, inside_options=False):
+    """CloudFormation property names (TaskRoleArn) -> ECS API names (taskRoleArn)."""
+    if isinstance(node, list):
+        return [camel(n) for n in node]
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            name = k if inside_options else k[:1].lower() + k[1:]
+            out[name] = camel(v, inside_options=(name == "options"))
+        return out
+    return node
+
+
+def render_placeholders(text, values):
+    out = re.sub(r"\$\{([A-Z0-9_]+)\}", lambda m: values[m.group(1)], text)
+    left = re.findall(r"\$\{[^}]*\}", out)
+    if left:
+        fail(f"placeholders left: {left}")
+    return json.loads(out)
+
+
+def same(label, a, b):
+    if a != b:
+        sa = json.dumps(a, indent=1, sort_keys=True).splitlines()
+        sb = json.dumps(b, indent=1, sort_keys=True).splitlines()
+        diff = "\n".join(difflib.unified_diff(sa, sb, "expected/template", "got/json", lineterm=""))
+        fail(f"{label} differ:\n{diff}")
+
+
+def by_name(containers):
+    return {c["name"]: c for c in containers}
+
+
+def compare_task_definition(template_path, rendered_path):
+    t = load_template(template_path)
+    ev = Evaluator(t)
+    assert t["Resources"]["TaskDefinition"]["Condition"] == "HasImages"
+    cfn = camel(ev.eval(t["Resources"]["TaskDefinition"]["Properties"]))
+    with open(rendered_path, encoding="utf-8") as f:
+        js = json.load(f)
+    cc, jc = by_name(cfn["containerDefinitions"]), by_name(js["containerDefinitions"])
+    same("container names", sorted(cc), sorted(jc))
+    same("container names (expected)", sorted(cc), ["bastion-sshd", "dns-sidecar"])
+    fields = ["user", "readonlyRootFilesystem", "linuxParameters", "portMappings", "healthCheck",
+              "stopTimeout", "essential", "dependsOn", "ulimits", "image", "logConfiguration"]
+    for name in cc:
+        for field in fields:
+            same(f"{name}.{field}", cc[name].get(field), jc[name].get(field))
+        same(f"{name} secrets", cc[name].get("secrets"), jc[name].get("secrets"))
+        same(f"{name} environment names", [e["name"] for e in cc[name].get("environment", [])],
+             [e["name"] for e in jc[name].get("environment", [])])
+    for field in ["family", "cpu", "memory", "networkMode", "requiresCompatibilities", "runtimePlatform",
+                  "executionRoleArn", "taskRoleArn"]:
+        same(field, cfn.get(field), js.get(field))
+    same("the whole task definition", cfn, js)
+    # The design, spelled out.
+    b, s = jc["bastion-sshd"], jc["dns-sidecar"]
+    defaults = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
+                "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+    kept = defaults - set(b["linuxParameters"]["capabilities"]["drop"])
+    assert kept == {"NET_BIND_SERVICE", "SETUID", "SETGID"}, kept
+    assert not b["linuxParameters"]["capabilities"].get("add"), "bastion-sshd adds a capability"
+    assert b["user"] == "0:0" and b["readonlyRootFilesystem"] is True and b["essential"] is True
+    assert b["stopTimeout"] > 25, "stopTimeout must exceed the 25 s drain timeout"
+    assert b["healthCheck"]["command"] == ["CMD", "/bastion-sshd", "healthcheck"]
+    assert b["portMappings"] == [{"containerPort": 22, "protocol": "tcp"}]
+    assert b["image"] == f"{REGISTRY}/bastion/bastion-sshd:{TAG}-arm64", b["image"]
+    assert s["image"] == f"{REGISTRY}/bastion/dns-sidecar:{TAG}-arm64", s["image"]
+    assert s["linuxParameters"]["capabilities"]["drop"] == ["ALL"] and not s["linuxParameters"]["capabilities"].get("add")
+    assert s["user"] == "65534:65534" and s["readonlyRootFilesystem"] is True and s["essential"] is True
+    assert s["healthCheck"] == {"command": ["CMD", "/dns-sidecar", "healthcheck"], "interval": 10,
+                                "timeout": 5, "retries": 3, "startPeriod": 240}, s["healthCheck"]
+    assert s["dependsOn"] == [{"containerName": "bastion-sshd", "condition": "HEALTHY"}]
+    assert s["stopTimeout"] > 20, "stopTimeout must exceed dns-sidecar's 20 s shutdown timeout"
+    env = {e["name"]: e["value"] for e in b["environment"]}
+    assert env["BASTION_RUN_AS"] == "65534:65534" and env["BASTION_LOG_FORMAT"] == "json"
+    # The service: one task once images exist, the new task up before the old one stops.
+    svc = t["Resources"]["Service"]
+    assert svc["Condition"] == "HasImages" and svc["Properties"]["DesiredCount"] == 1
+    dc = svc["Properties"]["DeploymentConfiguration"]
+    assert (dc["MinimumHealthyPercent"], dc["MaximumPercent"]) == (100, 200), dc
+    assert dc["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
+    assert "DesiredCount" not in t["Parameters"] and t["Parameters"]["ImageTag"]["Default"] == ""
+    for arch, suffix in (("X86_64", "amd64"), ("ARM64", "arm64")):
+        e = Evaluator(t, dict(PARAMS, CpuArchitecture=arch))
+        img = e.eval(t["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"][1]["Image"])
+        assert img == f"{REGISTRY}/bastion/dns-sidecar:{TAG}-{suffix}", img
+    e = Evaluator(t, dict(PARAMS, ImageTag=""))
+    assert not e.condition("HasImages")
+    for name, o in t["Outputs"].items():
+        refs = json.dumps(o["Value"])
+        if any(f'"{r}"' in refs for r in ("Service", "TaskDefinition", "ImageTag")):
+            assert o.get("Condition") == "HasImages", f"output {name} needs Condition: HasImages"
+    ci = t["Resources"]["Cluster"]["Properties"]["ClusterSettings"]
+    assert ci == [{"Name": "containerInsights", "Value": {"Ref": "ContainerInsights"}}], ci
+    assert t["Parameters"]["ContainerInsights"]["AllowedValues"] == ["enabled", "disabled", "enhanced"]
+    assert t["Parameters"]["ContainerInsights"]["Default"] == "enabled"
+    print("task definitions agree:", ", ".join(fields + ["secrets", "environment"]),
+          "; images <tag>-amd64/-arm64; service 1 task, 100 %/200 %")
+
+
+def compare_iam(template_path, readme_path):
+    t = load_template(template_path)
+    ev = Evaluator(t)
+    res = {name: ev.eval(t["Resources"][name]) for name in ("ExecutionRole", "TaskRole")}
+
+    def iam(path, values=IAM_VALUES):
+        with open(path, encoding="utf-8") as f:
+            return render_placeholders(f.read(), values)
+
+    def norm(doc):
+        doc = copy.deepcopy(doc)
+        for st in doc["Statement"]:
+            for k in ("Action", "Resource"):
+                if isinstance(st.get(k), str):
+                    st[k] = [st[k]]
+        return doc
+
+    same("execution role policy", norm(res["ExecutionRole"]["Properties"]["Policies"][0]["PolicyDocument"]),
+         norm(iam("deploy/iam/execution-role-policy.json")))
+    same("task role policy", norm(res["TaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]),
+         norm(iam("deploy/iam/task-role-policy.json")))
+    for role in ("ExecutionRole", "TaskRole"):
+        same(f"{role} trust policy", norm(res[role]["Properties"]["AssumeRolePolicyDocument"]),
+             norm(iam("deploy/iam/trust-policy.json")))
+    # GuardDuty's agent repository joins the pull statement only when given.
+    gd = f"arn:aws:ecr:{REGION}:593207742271:repository/aws-guardduty-agent-fargate"
+    e = Evaluator(t, dict(PARAMS, GuardDutyAgentRepositoryArn=gd))
+    pull = e.eval(t["Resources"]["ExecutionRole"])["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0]
+    same("pull statement with GuardDutyAgentRepositoryArn", pull["Resource"],
+         [ATTS["BastionRepository.Arn"], ATTS["SidecarRepository.Arn"], gd])
+    # The record names the sidecar may change.
+    change = norm(iam("deploy/iam/task-role-policy.json"))["Statement"][0]
+    r = PARAMS["RecordName"]
+    same("task role record names", change["Condition"]["ForAllValues:StringEquals"]
+         ["route53:ChangeResourceRecordSetsNormalizedRecordNames"],
+         [r, f"_dns-sidecar-a.{r}", f"_dns-sidecar-aaaa.{r}", f"a-{r}", f"aaaa-{r}"])
+    # The README's dns-sidecar section shows the task role policy with example values.
+    readme = open(readme_path, encoding="utf-8").read()
+    m = re.search(r"\*\*IAM: the task role\.\*\*.*?```json\n(.*?)```", readme, re.S)
+    if not m:
+        fail(f"no task role policy found in {readme_path} (section 'IAM: the task role')")
+    shown = json.loads(m.group(1))
+    values = dict(IAM_VALUES, HOSTED_ZONE_ID="Z0123456789ABCDEFGHIJ", RECORD_NAME="bastion.eu-west-1.example.com")
+    same("README task role policy vs deploy/iam/task-role-policy.json", norm(shown),
+         norm(iam("deploy/iam/task-role-policy.json", values)))
+    print("IAM agrees: execution role (and with GuardDuty's agent repository), task role, trust policy, README")
+
+
+def partition_of(path, want):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    arns = re.findall(r"arn:[a-z-]+:", text)
+    if not arns or set(arns) != {f"arn:{want}:"}:
+        fail(f"{path}: ARN partitions {sorted(set(arns))}, expected arn:{want}:")
+    print(f"{len(arns)} ARNs, all arn:{want}:")
+
+
+def checkov_summary(path, want_resources):
+    with open(path, encoding="utf-8") as f:
+        d = json.load(f)
+    s = d["summary"]
+    failed = d["results"]["failed_checks"]
+    for c in failed:
+        print(f"  FAILED {c['check_id']} {c['resource']}: {c['check_name']}", file=sys.stderr)
+    if s["parsing_errors"]:
+        fail(f"checkov could not parse {s['parsing_errors']} file(s)")
+    if want_resources and s["resource_count"] != int(want_resources):
+        fail(f"checkov saw {s['resource_count']} resources, expected {want_resources}")
+    if failed or s["failed"]:
+        fail(f"checkov: {s['failed']} failed check(s)")
+    skipped = sorted({(c["check_id"], c["resource"]) for c in d["results"]["skipped_checks"]})
+    print(f"{s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped, {s['resource_count']} resources")
+    for check, resource in skipped:
+        print(f"  skipped {check} on {resource}")
+
+
+def check_registered(path):
+    with open(path, encoding="utf-8") as f:
+        td = json.load(f)["taskDefinition"]
+    names = sorted(c["name"] for c in td["containerDefinitions"])
+    if names != ["bastion-sshd", "dns-sidecar"]:
+        fail(f"registered containers: {names}")
+    c = by_name(td["containerDefinitions"])
+    assert c["bastion-sshd"]["user"] == "0:0", c["bastion-sshd"].get("user")
+    assert c["dns-sidecar"]["essential"] is True
+    assert c["dns-sidecar"]["healthCheck"]["command"] == ["CMD", "/dns-sidecar", "healthcheck"]
+    assert td["family"] == "bastion" and td["taskDefinitionArn"].endswith(":task-definition/bastion:1")
+    print(f"registered {td['taskDefinitionArn']} with {', '.join(names)}")
+
+
+# Bash-only syntax and GNU-only options: none may appear in deploy/push.sh outside comments and
+# its python3 here-document (macOS has bash 3.2 and BSD userland). Besides running it under dash.
+NOT_POSIX = [
+    (r"\[\[|(?<!\$)\(\(|<<<|\bfunction\s|^\s*[A-Za-z_][A-Za-z0-9_]*=\(", "bash syntax ([[, ((, <<<, function, arrays)"),
+    (r"\b(declare|typeset|local|mapfile|readarray|shopt|coproc)\b", "bash builtin (declare, local, mapfile, ...)"),
+    (r"\$\{[#!]?[A-Za-z_][A-Za-z0-9_]*(\^|,|@[A-Za-z])", "case modification or ${x@Q}"),
+    (r"\$\{[A-Za-z_][A-Za-z0-9_]*\[|\[-[0-9]+\]", "array indexing"),
+    (r";;&|;&|\|&|&>", ";;&, ;&, |& or &>"),
+    (r"\b(EPOCHSECONDS|EPOCHREALTIME|BASH_SOURCE|BASH_REMATCH|PIPESTATUS|RANDOM|SECONDS)\b", "bash variable"),
+    (r"\bwait\s+-n\b|\bread\s+-[a-qs-z]*[adnpt]|\becho\s+-[ne]", "bash-only option (wait -n, read -a/-d/-n/-p/-t, echo -n/-e)"),
+    (r"\bsed\s+(-[a-zA-Z]*i|--in-place)|\bsed\s+-r\b", "GNU sed -i / -r"),
+    (r"\breadlink\s+-[a-z]*[fem]|\brealpath\b", "readlink -f / realpath"),
+    (r"\bdate\s+(-[a-zA-Z]*d\b|--date|-I)", "GNU date -d / -I"),
+    (r"\bmktemp\b.*(--|X[^X\s\"']+[\"'\s])", "mktemp --suffix or a suffix after the X's"),
+    (r"\bgrep\s+-[a-zA-Z]*P|\bgrep\b.*--perl", "grep -P"),
+    (r"\bstat\s+(-c|--format)|\bbase64\s+-w|\bxargs\s+-r|\bsort\s+-V|\bcp\s+--|\bfind\b.*-printf|\bseq\b|\btimeout\b",
+     "GNU-only option or tool"),
+]
+
+
+def posix_check(path):
+    bad, in_heredoc = [], None
+    for n, line in enumerate(open(path, encoding="utf-8"), 1):
+        if in_heredoc:
+            if line.strip() == in_heredoc:
+                in_heredoc = None
+            continue
+        m = re.search(r"<<-?\s*'?([A-Z]+)'?", line)
+        code = re.sub(r"'[^']*'", "''", line)  # single-quoted text is data
+        if not line.lstrip().startswith("#"):
+            code = code.split(" # ")[0]
+            for pattern, what in NOT_POSIX:
+                if re.search(pattern, code):
+                    bad.append(f"{path}:{n}: {what}: {line.strip()}")
+        if m:
+            in_heredoc = m.group(1)
+    if bad:
+        fail("not POSIX sh / BSD userland:\n" + "\n".join(bad))
+    print(f"{path}: no bash-only syntax, no GNU-only option")
+
+
+if __name__ == "__main__":
+    cmd, *args = sys.argv[1:]
+    {"compare-task-definition": compare_task_definition, "compare-iam": compare_iam,
+     "expand": expand, "ssh-rules": ssh_rules, "checkov-summary": checkov_summary,
+     "check-registered": check_registered, "partition-of": partition_of,
+     "posix-check": posix_check}[cmd](*args)

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# The deployment, on moto's CloudFormation (127.0.0.1 only): the stack created as deploy/README.md
+# says (no ImageTag), deploy/push.sh run under dash with busybox's userland and a fake docker,
+# then stack updates. Proves that the stack is the one owner of the images: a stack update that
+# does not pass ImageTag keeps the pushed images, and push.sh builds exactly <tag>-<arch> for the
+# stack's architecture.
+#
+# What moto cannot do, and so is not tested here:
+# - Fn::ForEach (AWS::LanguageExtensions): moto has no transforms. The stack is deployed from a
+#   copy with the loops expanded by tests/deploy_helper.py (the conditions stay, moto evaluates
+#   them); cfn-lint checks the loops themselves (tests/deploy.sh).
+# - Change sets and parameter-only updates: moto 5.2.5 gets them wrong in seven ways, fixed by
+#   tests/moto_cfn.py (read it); `aws cloudformation deploy` itself (change set, UsePreviousValue
+#   for every parameter not given, waits) is the real AWS CLI.
+# - AWS::EC2::SecurityGroupEgress, AWS::SNS::TopicPolicy, AWS::Logs::SubscriptionFilter and
+#   AWS::CloudWatch::Alarm: moto skips these types (with a warning).
+# - Emptying ImageTag again (the service and task definition deleted): moto cannot delete an
+#   ECS service or task definition through CloudFormation. tests/deploy.sh checks the condition.
+# - What a real stack update does beyond the API: the service's rolling deployment (new task up
+#   and healthy before the old one stops, the circuit breaker), images pulled and run, the task
+#   definition's runtimePlatform and roles (moto's CloudFormation keeps only family, containers,
+#   volumes and memory), IAM evaluated. moto starts no task.
+#
+# Needs on PATH: aws, python3 with PyYAML, boto3 and moto (the deploy venv), dash, busybox, git.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { printf '\ntests/deploy_push.sh: FAILED: %s\n' "$*" >&2; exit 1; }
+passed=0
+ok() { passed=$((passed + 1)); printf 'ok %d - %s\n' "$passed" "$*"; }
+say() { printf '\n== %s\n' "$*"; }
+
+for tool in aws python3 dash busybox git; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is not on PATH"
+done
+python3 -c 'import yaml, boto3, moto' 2>/dev/null || die "python3 on PATH lacks PyYAML, boto3 or moto (put the deploy venv first on PATH)"
+DASH=$(command -v dash)
+
+started=$SECONDS
+TEMPLATE=deploy/cloudformation/bastion.yaml
+tmp=$(mktemp -d)
+moto_pid=""
+cleanup() {
+  if [[ -n $moto_pid ]]; then kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+unset AWS_PROFILE AWS_SESSION_TOKEN AWS_SECURITY_TOKEN AWS_ROLE_ARN AWS_WEB_IDENTITY_TOKEN_FILE
+export AWS_CONFIG_FILE="$tmp/no-config" AWS_SHARED_CREDENTIALS_FILE="$tmp/no-credentials"
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true
+helper() { python3 tests/deploy_helper.py "$@"; }
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 tests/moto_cfn.py -H 127.0.0.1 -p "$port" >"$tmp/moto.log" 2>&1 &
+moto_pid=$!
+deadline=$((SECONDS + 60))
+until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+  kill -0 "$moto_pid" 2>/dev/null || { cat "$tmp/moto.log" >&2; die "moto exited"; }
+  ((SECONDS < deadline)) || { cat "$tmp/moto.log" >&2; die "moto did not listen on 127.0.0.1:$port within 60 s"; }
+  sleep 0.1
+done
+# Every AWS call of the CLI, of push.sh and of the fake docker goes to moto.
+export AWS_ENDPOINT_URL=http://127.0.0.1:$port
+moto_log() { tail -n 40 "$tmp/moto.log" >&2; }
+
+# The stack as deployed: Fn::ForEach expanded (EgressPorts 5432,22, as created below).
+stack_template=$tmp/bastion.json
+helper expand "$TEMPLATE" "$stack_template" keep >/dev/null || die "expanding $TEMPLATE"
+
+# A stand-in for docker: records its arguments; `docker push IMAGE` registers IMAGE in moto's
+# ECR (aws ecr put-image), so that push.sh's describe-images finds it next time.
+cat >"$tmp/docker" <<'EOF'
+#!/bin/sh
+printf '%s\n' "docker $*" >>"$FAKE_DOCKER_LOG"
+case $1 in
+  login) cat >/dev/null; echo "Login Succeeded" ;;
+  buildx) if [ "$2" = version ]; then echo "github.com/docker/buildx v0.0.0-fake"; fi ;;
+  push)
+    repository=${2%:*}; repository=${repository#*/}; tag=${2##*:}
+    digest=$(printf '%s' "$2" | sha256sum | cut -c1-64)
+    manifest='{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":1,"digest":"sha256:'$digest'"},"layers":[]}'
+    aws ecr put-image --repository-name "$repository" --image-tag "$tag" --image-manifest "$manifest" >/dev/null ;;
+esac
+EOF
+chmod +x "$tmp/docker"
+export FAKE_DOCKER_LOG=$tmp/docker.log
+
+# push.sh's PATH: busybox applets (not GNU coreutils), git, aws and the fake docker; no python3.
+mkdir -p "$tmp/busybox" "$tmp/tools"
+for applet in $(busybox --list); do ln -s "$(command -v busybox)" "$tmp/busybox/$applet"; done
+ln -s "$(command -v git)" "$tmp/tools/git"
+ln -s "$(command -v aws)" "$tmp/tools/aws"
+ln -s "$tmp/docker" "$tmp/tools/docker"
+push() {  # push ARGS...: deploy/push.sh under dash, as on a Mac without python3
+  : >"$FAKE_DOCKER_LOG"
+  PATH="$tmp/tools:$tmp/busybox" "$DASH" deploy/push.sh --stack bastion --template-file "$stack_template" "$@" \
+    >"$tmp/push.out" 2>&1 || { cat "$tmp/push.out" >&2; moto_log; die "push.sh $*"; }
+  grep '^== done' "$tmp/push.out" || true
+}
+built() {  # built TAG ARCH: both images built for linux/ARCH and pushed, nothing else built
+  local component image n
+  for component in bastion-sshd dns-sidecar; do
+    image="$registry/bastion/$component:$1-$2"
+    grep -qxF "docker buildx build --platform linux/$2 --provenance=false -f docker/Dockerfile --target $component -t $image --load ." \
+      "$FAKE_DOCKER_LOG" || die "push.sh did not build $image for linux/$2: $(cat "$FAKE_DOCKER_LOG")"
+    grep -qxF "docker push $image" "$FAKE_DOCKER_LOG" || die "push.sh did not push $image"
+  done
+  n=$(grep -c 'buildx build' "$FAKE_DOCKER_LOG")
+  ((n == 2)) || die "push.sh built $n images, expected 2: $(cat "$FAKE_DOCKER_LOG")"
+}
+stack() {  # stack TAG|- ARCH CIDR...: what the stack runs (tests/deploy_stack.py moto-stack)
+  python3 tests/deploy_stack.py moto-stack "$AWS_ENDPOINT_URL" bastion "$@" || { moto_log; die "the stack is not as expected (${1:-})"; }
+}
+update() {  # update PARAMETER=VALUE...: a stack update by hand, as deploy/README.md shows it
+  aws cloudformation deploy --stack-name bastion --template-file "$stack_template" \
+    --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset \
+    --parameter-overrides "$@" >"$tmp/update.out" 2>&1 || { cat "$tmp/update.out" >&2; moto_log; die "stack update $*"; }
+}
+
+say "the first deployment: the stack without ImageTag"
+read -r vpc subnets < <(python3 tests/deploy_stack.py moto-vpc "$AWS_ENDPOINT_URL")
+update VpcId="$vpc" SubnetIds="$subnets" AllowedCidrs=1.11.1.1/32,11.1.1.1/32 EgressCidr=10.0.0.0/16 \
+  EgressPorts=5432,22 HostedZoneId=Z0123456789ABCDEFGHIJ RecordName=bastion.eu-west-1.example.com \
+  PermitOpen=db.internal:5432
+stack - amd64 1.11.1.1/32 11.1.1.1/32
+registry=$(aws cloudformation describe-stacks --stack-name bastion --output text \
+  --query "Stacks[0].Outputs[?OutputKey=='BastionRepositoryUri'].OutputValue")
+registry=${registry%%/*}
+ok "stack without ImageTag: repositories, roles, security group (1.11.1.1/32 and 11.1.1.1/32, two rules), no task definition, no service"
+
+say "deploy/push.sh (dash, busybox, fake docker): the first push creates the service"
+push --tag 0123456789ab
+built 0123456789ab amd64
+stack 0123456789ab amd64 1.11.1.1/32 11.1.1.1/32
+ok "push.sh built and pushed <tag>-amd64 (X86_64, from the stack's outputs) and updated the stack: the service runs 1 task of those images"
+
+say "a stack update without ImageTag keeps the pushed images"
+update AllowedCidrs=1.11.1.1/32,11.1.1.1/32,203.0.113.0/24 LogRetentionDays=90
+stack 0123456789ab amd64 1.11.1.1/32 11.1.1.1/32 203.0.113.0/24
+ok "update of AllowedCidrs and LogRetentionDays, ImageTag not given: ImageTag and the service's images unchanged, a third SSH rule"
+
+say "push.sh again with the same tag: nothing to build, nothing to change"
+push --tag 0123456789ab
+if grep -q 'buildx build' "$FAKE_DOCKER_LOG"; then die "push.sh rebuilt images already in ECR: $(cat "$FAKE_DOCKER_LOG")"; fi
+stack 0123456789ab amd64 1.11.1.1/32 11.1.1.1/32 203.0.113.0/24
+ok "images already in ECR are not rebuilt; an empty change set is no failure (--no-fail-on-empty-changeset)"
+
+say "switching to ARM64 with <tag>-amd64 in ECR: the arm64 images are built"
+push --tag 0123456789ab --cpu-architecture ARM64
+built 0123456789ab arm64
+stack 0123456789ab arm64 1.11.1.1/32 11.1.1.1/32 203.0.113.0/24
+ok "push.sh --cpu-architecture ARM64 built <tag>-arm64 (--platform linux/arm64) although <tag>-amd64 exists; the service runs the arm64 images"
+
+push --tag 0123456789ac
+built 0123456789ac arm64
+stack 0123456789ac arm64 1.11.1.1/32 11.1.1.1/32 203.0.113.0/24
+ok "the next push reads CpuArchitecture=ARM64 from the stack's outputs and builds <tag>-arm64"
+
+printf '\ndeploy_push: %d passed, 0 failed (%d s)\n' "$passed" "$((SECONDS - started))"

@@ -1,0 +1,177 @@
+"""tests/deploy.sh and tests/deploy_push.sh helper (the deploy venv: PyYAML, boto3, botocore,
+cfn-lint, policy_sentry): checks deploy/iam/deployer-policy.json, and the stack as moto deployed it.
+
+  deploy_stack.py check-deployer-policy deploy/iam/deployer-policy.json
+  deploy_stack.py moto-vpc ENDPOINT                      -> "vpc-... subnet-...,subnet-..."
+  deploy_stack.py moto-stack ENDPOINT STACK TAG|- ARCH [CIDR...]
+"""
+import fnmatch, json, os, re, sys
+
+from deploy_helper import (ACCOUNT, ATTS, IAM_VALUES, REGION, RESOURCE_REFS, fail,
+                           render_placeholders, same)
+
+
+def iam_action_exists(action, handler_permissions):
+    """Where the action is known: the botocore service model (an API operation of that name),
+    the IAM action list shipped with policy_sentry (checkov's dependency), or the permissions
+    that AWS's CloudFormation resource schemas (shipped with cfn-lint) list for handlers."""
+    import botocore.session
+    from policy_sentry.querying.actions import get_action_data
+    prefix, name = action.split(":", 1)
+    sources = []
+    try:
+        model = botocore.session.get_session().get_service_model({"route53": "route53"}.get(prefix, prefix))
+        if name in model.operation_names:
+            sources.append("botocore")
+    except Exception:
+        pass
+    try:
+        if get_action_data(prefix, name).get(prefix):
+            sources.append("policy_sentry")
+    except Exception:
+        pass
+    if action in handler_permissions:
+        sources.append("cfn-lint schemas")
+    return sources
+
+
+def handler_permissions():
+    import cfnlint
+    base = os.path.join(os.path.dirname(cfnlint.__file__), "data", "schemas")
+    with open(os.path.join(base, "providers", "us-east-1.json"), encoding="utf-8") as f:
+        providers = json.load(f)
+    out = {}
+    for rtype in ("AWS::ECS::Service", "AWS::ECS::TaskDefinition"):
+        with open(os.path.join(base, "resources", providers[rtype] + ".json"), encoding="utf-8") as f:
+            out[rtype] = {k: set(v.get("permissions", [])) for k, v in json.load(f)["handlers"].items()}
+    return out
+
+
+def check_deployer_policy(path):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    doc = json.loads(text)
+    placeholders = set(re.findall(r"\$\{([A-Z0-9_]+)\}", text))
+    if placeholders != {"PARTITION", "REGION", "ACCOUNT_ID", "STACK"}:
+        fail(f"{path}: placeholders {sorted(placeholders)}, expected PARTITION, REGION, ACCOUNT_ID, STACK")
+    handlers = handler_permissions()
+    known = set().union(*(p for h in handlers.values() for p in h.values()))
+    actions, unknown = {}, []
+    for st in doc["Statement"]:
+        assert st["Effect"] == "Allow" and st.get("Sid"), st
+        acts = [st["Action"]] if isinstance(st["Action"], str) else st["Action"]
+        res = [st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"]
+        for a in acts:
+            if "*" in a or "?" in a or not re.fullmatch(r"[a-z0-9-]+:[A-Za-z0-9]+", a):
+                fail(f"{path}: action {a!r} is a wildcard or malformed")
+            sources = iam_action_exists(a, known)
+            if not sources:
+                unknown.append(a)
+            actions.setdefault(a, []).append((st["Sid"], res, st.get("Condition")))
+    if unknown:
+        fail(f"{path}: actions unknown to botocore, policy_sentry and cfn-lint's schemas: {unknown}")
+    # What CloudFormation calls on the deployer's behalf when push.sh's update registers a task
+    # definition (and deletes the old one) and creates or updates the service.
+    needed = (handlers["AWS::ECS::TaskDefinition"]["create"] | handlers["AWS::ECS::TaskDefinition"]["delete"]
+              | handlers["AWS::ECS::Service"]["create"] | handlers["AWS::ECS::Service"]["update"])
+    needed |= {"ecr:GetAuthorizationToken", "ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload",
+               "ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:BatchGetImage",
+               "ecr:DescribeImages", "cloudformation:DescribeStacks", "cloudformation:CreateChangeSet",
+               "cloudformation:ExecuteChangeSet", "cloudformation:DescribeChangeSet",
+               "cloudformation:DescribeStackEvents", "cloudformation:GetTemplateSummary"}
+    missing = sorted(needed - set(actions))
+    if missing:
+        fail(f"{path}: missing {missing}")
+    rendered = render_placeholders(text, IAM_VALUES)
+
+    def allowed(action, arn):
+        for st in rendered["Statement"]:
+            acts = [st["Action"]] if isinstance(st["Action"], str) else st["Action"]
+            res = [st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"]
+            if action in acts and any(fnmatch.fnmatchcase(arn, r) for r in res):
+                return st
+        return None
+    # The resources the template creates, named as CloudFormation names them.
+    svc = f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/bastion-Cluster-EXAMPLE/bastion-Service-EXAMPLE"
+    for action, arn in [("ecr:PutImage", ATTS["BastionRepository.Arn"]), ("ecr:PutImage", ATTS["SidecarRepository.Arn"]),
+                        ("ecr:DescribeImages", ATTS["SidecarRepository.Arn"]), ("ecs:UpdateService", svc),
+                        ("ecs:CreateService", svc), ("ecs:TagResource", RESOURCE_REFS["TaskDefinition"]),
+                        ("cloudformation:CreateChangeSet", f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/bastion/0a1b"),
+                        ("cloudformation:CreateChangeSet", f"arn:aws:cloudformation:{REGION}:aws:transform/LanguageExtensions"),
+                        ("iam:PassRole", ATTS["ExecutionRole.Arn"]), ("iam:PassRole", ATTS["TaskRole.Arn"])]:
+        if not allowed(action, arn):
+            fail(f"{path} does not allow {action} on {arn}")
+    for action, arn in [("ecr:PutImage", f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/other/bastion-sshd"),
+                        ("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/admin"),
+                        ("cloudformation:ExecuteChangeSet", f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/other/1")]:
+        if allowed(action, arn):
+            fail(f"{path} allows {action} on {arn}")
+    pr = allowed("iam:PassRole", ATTS["TaskRole.Arn"])
+    same("iam:PassRole condition", pr.get("Condition"),
+         {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}})
+    star = sorted(a for a, uses in actions.items() for _, res, _ in uses if "*" in res)
+    print(f"{len(actions)} actions, all known; Resource * only for {', '.join(star)}")
+
+
+# --- moto, after a deployment (tests/deploy_push.sh) ------------------------------------------
+def _clients(endpoint):
+    import boto3
+    kw = dict(endpoint_url=endpoint, region_name=REGION, aws_access_key_id="test", aws_secret_access_key="test")
+    return boto3.client("cloudformation", **kw), boto3.client("ecs", **kw), boto3.client("ec2", **kw)
+
+
+def moto_vpc(endpoint):
+    _, _, ec2 = _clients(endpoint)
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)]
+    print(vpc, ",".join(subnets))
+
+
+def moto_stack(endpoint, stack, want_tag, want_arch, *cidrs):
+    """The stack in moto: with want_tag '-', no service and no task definition; otherwise the
+    service runs 1 task of a task definition whose two images are <repo>:<want_tag>-<arch>."""
+    cfn, ecs, ec2 = _clients(endpoint)
+    s = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+    assert s["StackStatus"] in ("CREATE_COMPLETE", "UPDATE_COMPLETE"), s["StackStatus"]
+    params = {p["ParameterKey"]: p.get("ParameterValue") for p in s.get("Parameters", [])}
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in s.get("Outputs", [])}
+    # (moto lists a resource it did not create, condition false or type unsupported, without a name)
+    resources = {r["LogicalResourceId"]: r for r in cfn.describe_stack_resources(StackName=stack)["StackResources"]
+                 if r.get("LogicalResourceId") and r.get("PhysicalResourceId")}
+    cluster = outputs["ClusterName"]
+    services = ecs.list_services(cluster=cluster)["serviceArns"]
+    if want_tag == "-":
+        assert not services, f"a service exists without images: {services}"
+        assert "ServiceName" not in outputs and "TaskDefinitionArn" not in outputs, outputs
+        assert "Service" not in resources and "TaskDefinition" not in resources, sorted(resources)
+        note = "no service, no task definition"
+    else:
+        assert params.get("ImageTag") == want_tag, f"ImageTag is {params.get('ImageTag')!r}, expected {want_tag}"
+        assert len(services) == 1, services
+        svc = ecs.describe_services(cluster=cluster, services=services)["services"][0]
+        assert svc["desiredCount"] == 1, svc["desiredCount"]
+        td = ecs.describe_task_definition(taskDefinition=svc["taskDefinition"])["taskDefinition"]
+        # moto keeps the names CloudFormation gave it after an update (Image, not image).
+        images = sorted(c.get("image") or c.get("Image") for c in td["containerDefinitions"])
+        want = sorted([f"{outputs['BastionRepositoryUri']}:{want_tag}-{want_arch}",
+                       f"{outputs['SidecarRepositoryUri']}:{want_tag}-{want_arch}"])
+        same("the service's images", want, images)
+        assert outputs["ServiceName"] == svc["serviceName"], (outputs["ServiceName"], svc["serviceName"])
+        # The deployer policy's patterns match the names CloudFormation (here moto) generated.
+        with open("deploy/iam/deployer-policy.json", encoding="utf-8") as f:
+            dp = render_placeholders(f.read(), dict(IAM_VALUES, STACK=stack))
+        pats = [r for st in dp["Statement"] for r in ([st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"])]
+        for arn in (svc["serviceArn"], td["taskDefinitionArn"], outputs["ExecutionRoleArn"], outputs["TaskRoleArn"]):
+            assert any(fnmatch.fnmatchcase(arn, p) for p in pats if p != "*"), f"deployer-policy.json does not cover {arn}"
+        note = f"service {svc['serviceName']} (1 task) on {td['taskDefinitionArn'].rsplit('/', 1)[1]}: {', '.join(images)}"
+    if cidrs:
+        sg = ec2.describe_security_groups(GroupIds=[outputs["SecurityGroupId"]])["SecurityGroups"][0]
+        got = sorted(r["CidrIp"] for p in sg["IpPermissions"] if p.get("FromPort") == 22 for r in p["IpRanges"])
+        same("the port 22 rules", sorted(cidrs), got)
+        note += f"; port 22 from {', '.join(got)}"
+    print(note)
+
+
+if __name__ == "__main__":
+    cmd, *args = sys.argv[1:]
+    {"check-deployer-policy": check_deployer_policy, "moto-vpc": moto_vpc, "moto-stack": moto_stack}[cmd](*args)

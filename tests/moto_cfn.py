@@ -1,0 +1,182 @@
+"""moto_server for tests/deploy_push.sh: `python3 tests/moto_cfn.py -H 127.0.0.1 -p PORT`, moto's
+own server (moto.server.main) with seven fixes to moto 5.2.5's CloudFormation, which
+`aws cloudformation deploy` (change sets, parameter-only updates) needs. Each makes moto do what
+CloudFormation does in that case; where moto still differs, tests/deploy_push.sh says so.
+
+1. Executing a change set does not refresh the stack's outputs (a stack created through a
+   change set has none; an updated one keeps the old values). Fixed: the outputs are rebuilt
+   from the change set's template after it is applied, as moto's own UpdateStack does.
+2. An update that changes only parameters updates only the resources with a literal
+   {"Ref": parameter}: not those using it in Fn::Sub ("${ImageTag}"), through a condition
+   (Condition: HasImages, Fn::If), or through a resource that was updated (the service's
+   TaskDefinition). Fixed: those are updated too, transitively, as CloudFormation does.
+3. A resource whose condition turns true in an update is never created, and one whose
+   condition turns false is updated instead of deleted. Fixed: created, and deleted where moto
+   can delete that type through CloudFormation (not an ECS service or task definition).
+4. A change set's UsePreviousValue takes the previous value as moto parsed it (a list for a
+   CommaDelimitedList, a number for a Number), which moto then fails to parse again. Fixed: the
+   previous value is passed as the string it was given as.
+5. An update of a resource type moto cannot update removes the resource from the stack (a
+   later Fn::GetAtt on it fails). Fixed: it stays as it was (its properties are not updated).
+6. Updating an AWS::ECS::TaskDefinition registers its container definitions with
+   CloudFormation's property names (Image, not image), which the ECS API then drops. Fixed: the
+   update registers it as a creation does (CloudFormation replaces a task definition on any
+   change, task definitions being immutable) and deregisters the old revision.
+7. CreateChangeSet without any change fails with "No updates are to be performed" (what
+   UpdateStack does) instead of creating a change set that fails with "The submitted information
+   didn't contain changes", which is what `aws cloudformation deploy --no-fail-on-empty-changeset`
+   expects. Fixed: the change set is created and fails so.
+"""
+import re
+import sys
+
+from moto.cloudformation import models, parsing, responses
+from moto.ecs import models as ecs_models
+from moto.server import main
+
+
+def _names(node, out):
+    """Parameters, conditions and resources a template fragment depends on."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "Ref" and isinstance(v, str):
+                out.add(v)
+            elif k == "Fn::Sub":
+                text = v if isinstance(v, str) else v[0]
+                out.update(n.split(".")[0] for n in re.findall(r"\$\{([^!}][^}]*)\}", text))
+                _names(v if isinstance(v, str) else v[1], out)
+            elif k == "Fn::GetAtt":
+                out.add(v[0] if isinstance(v, list) else v.split(".")[0])
+            elif k == "Fn::If":
+                out.add("Condition:" + v[0])
+                _names(v[1:], out)
+            elif k in ("Condition", "DependsOn") and isinstance(v, str):
+                out.add(("Condition:" if k == "Condition" else "") + v)
+            else:
+                _names(v, out)
+    elif isinstance(node, list):
+        for n in node:
+            _names(n, out)
+    return out
+
+
+def _as_given(value):
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return value if isinstance(value, str) else str(value)
+
+
+_original_diff = parsing.ResourceMap.build_resource_diff
+
+
+def build_resource_diff(self, other_template, parameters=None):
+    diff = _original_diff(self, other_template, parameters)
+    if not parameters:
+        return diff
+    # Compared with the values in effect (defaults included), as given.
+    previous = {p: _as_given(v) for p, v in self.resolved_parameters.items() if v is not None}
+    changed = {p for p in parameters if previous.get(p) != _as_given(parameters[p])}
+    conditions = other_template.get("Conditions", {})
+    # Conditions depending on a changed parameter (or on such a condition).
+    dirty_conditions = set()
+    while True:
+        dirty = changed | {"Condition:" + c for c in dirty_conditions}
+        more = {c for c, body in conditions.items() if c not in dirty_conditions and _names(body, set()) & dirty}
+        if not more:
+            break
+        dirty_conditions |= more
+    dirty = changed | {"Condition:" + c for c in dirty_conditions}
+    old, new = self._resource_json_map, other_template["Resources"]
+    modify = set(diff["Modify"])
+    while True:
+        more = {n for n in new if n in old and n not in modify and (_names(new[n], set()) & (dirty | modify))}
+        if not more:
+            break
+        modify |= more
+    # In dependency order (moto updates them in list order): the task definition before the
+    # service that refers to it.
+    ordered = []
+
+    def visit(name, path=()):
+        if name in ordered or name in path:
+            return
+        for dep in sorted(_names(new[name], set()) & modify):
+            visit(dep, path + (name,))
+        ordered.append(name)
+    for name in sorted(modify):
+        visit(name)
+    diff["Modify"] = ordered
+    return diff
+
+
+def _condition_true(resource_map, resource_json):
+    condition = resource_json.get("Condition")
+    return not condition or resource_map.lazy_condition_map[condition]
+
+
+_original_update = parsing.ResourceMap.update
+
+
+def update(self, template, parameters=None):
+    _original_update(self, template, parameters)
+    # Fix 3: create what a condition now allows, delete what it no longer does.
+    for name, resource_json in self._resource_json_map.items():
+        exists = self._parsed_resources.get(name) is not None
+        if _condition_true(self, resource_json) and not exists:
+            _ = self[name]
+        elif not _condition_true(self, resource_json) and exists:
+            resource = self._parsed_resources.pop(name)
+            self._delete_resource(resource, resource_json)
+
+
+_original_update_resource = parsing.parse_and_update_resource
+
+
+def parse_and_update_resource(logical_id, resource_json, resources_map, account_id, region_name):
+    if not _condition_true(resources_map, resource_json):
+        return resources_map._parsed_resources.get(logical_id)  # deleted after the update
+    updated = _original_update_resource(logical_id, resource_json, resources_map, account_id, region_name)
+    # Fix 5: a type moto cannot update (no update_from_cloudformation_json) stays as it was,
+    # instead of vanishing from the stack.
+    return updated if updated is not None else resources_map._parsed_resources.get(logical_id)
+
+
+def apply(self):
+    stack = self.stack
+    self.parameters = {k: _as_given(v) for k, v in self.parameters.items()}  # fix 4
+    stack.template = self.template
+    stack._parse_template()
+    stack.resource_map.update(stack.template_dict, self.parameters)
+    stack.output_map = stack._create_output_map()  # fix 1
+    stack.parameters = self.parameters  # so that an identical change set is seen as empty
+    stack.description = stack.template_dict.get("Description")
+
+
+def replace_task_definition(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
+    ecs_models.ecs_backends[account_id][region_name].deregister_task_definition(original_resource.arn)
+    return cls.create_from_cloudformation_json(new_resource_name, cloudformation_json, account_id, region_name)
+
+
+ecs_models.TaskDefinition.update_from_cloudformation_json = classmethod(replace_task_definition)  # fix 6
+_original_create_change_set = responses.CloudFormationResponse.create_change_set
+
+
+def create_change_set(self):
+    self._validate_different_update = lambda *args: None  # fix 7: the backend marks it FAILED
+    return _original_create_change_set(self)
+
+
+def has_parameters(self, other_parameters):
+    return ({k: _as_given(v) for k, v in self.parameters.items()}
+            == {k: _as_given(v) for k, v in other_parameters.items()})
+
+
+responses.CloudFormationResponse.create_change_set = create_change_set
+models.Stack.has_parameters = has_parameters
+parsing.ResourceMap.build_resource_diff = build_resource_diff
+parsing.ResourceMap.update = update
+parsing.parse_and_update_resource = parse_and_update_resource
+models.ChangeSet.apply = apply
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks deploy/ without a deployment: the CloudFormation template (cfn-lint, checkov, its
-# Fn::ForEach loops expanded), deploy/push.sh (shellcheck, POSIX sh, its rendering, its --dry-run
-# under dash with busybox's userland), the rendered task definition against the ECS API (moto),
+# Fn::ForEach loops expanded; SSH from AllowedCidrs through one prefix list and one rule that no
+# value of AllowedCidrs changes, port 22 open to no /0), deploy/push.sh (shellcheck, POSIX sh,
+# its rendering, its --dry-run under dash with busybox's userland), the rendered task definition against the ECS API (moto),
 # that the template, deploy/task-definition.json, deploy/iam/*.json and the README's task role
 # policy say the same thing, and deploy/iam/deployer-policy.json. The deployment itself, on
 # moto's CloudFormation, is tests/deploy_push.sh.
@@ -87,8 +88,9 @@ printf '%s\n' "$checkov_template"
 ok "checkov: $TEMPLATE passes (${checkov_template%%$'\n'*})"
 
 # checkov does not expand Fn::ForEach (it warns and skips those blocks), nor evaluate the
-# per-index conditions, so the security group rules are checked again in a copy expanded and
-# resolved with the test values.
+# conditions, so it runs again on a copy expanded and resolved with the test values. It does not
+# look into prefix lists either: that port 22 is never open to 0.0.0.0/0 or ::/0 is checked here,
+# on every source of every rule that reaches port 22, prefix list entries included.
 expanded_count=$(helper expand "$TEMPLATE" "$tmp/expanded.json" resolve)
 checkov_rc=0
 checkov --framework cloudformation --skip-download -o json -f "$tmp/expanded.json" \
@@ -98,26 +100,56 @@ checkov_expanded=$(helper checkov-summary "$tmp/checkov-expanded.json" "$expande
 ((checkov_rc == 0)) || die "checkov exited $checkov_rc on the expanded template"
 printf '%s\n' "$checkov_expanded"
 helper ssh-rules "$tmp/expanded.json" 203.0.113.0/24 198.51.100.7/32 || die "SSH rules of the test values"
-ok "checkov: the template with Fn::ForEach expanded and resolved ($expanded_count resources) passes (${checkov_expanded%%$'\n'*})"
+helper ssh-not-world "$tmp/expanded.json" || die "port 22 open to the internet"
+helper expand "$TEMPLATE" "$tmp/world.json" resolve '{"AllowedCidrs": ["203.0.113.0/24", "0.0.0.0/0"]}' >/dev/null
+if helper ssh-not-world "$tmp/world.json" >/dev/null 2>&1; then die "the port 22 check missed 0.0.0.0/0 in the prefix list"; fi
+ok "checkov: the template with Fn::ForEach expanded and resolved ($expanded_count resources) passes (${checkov_expanded%%$'\n'*}); port 22 open to no /0, prefix list entries included (AllowedCidrs=...,0.0.0.0/0 is caught)"
 
-say "security group rules: logical IDs by index"
-# 1.11.1.1/32 and 11.1.1.1/32 gave the same ID (SshFrom1111132) when IDs came from the CIDR.
-helper expand "$TEMPLATE" "$tmp/colliding.json" resolve '{"AllowedCidrs": ["1.11.1.1/32", "11.1.1.1/32"]}' >/dev/null ||
-  die "expanding with 1.11.1.1/32,11.1.1.1/32"
-helper ssh-rules "$tmp/colliding.json" 1.11.1.1/32 11.1.1.1/32 || die "1.11.1.1/32 and 11.1.1.1/32 do not give two rules"
-twenty=$(python3 -c 'print(", ".join(f"\"10.9.{i}.0/24\"" for i in range(20)))')
-helper expand "$TEMPLATE" "$tmp/twenty.json" resolve "{\"AllowedCidrs\": [$twenty]}" >/dev/null
-helper expand "$TEMPLATE" "$tmp/more.json" resolve "{\"AllowedCidrs\": [$twenty, \"10.9.20.0/24\"]}" >/dev/null
+say "SSH from AllowedCidrs: one prefix list, one rule"
+# 1.11.1.1/32 and 11.1.1.1/32 gave the same logical ID (SshFrom1111132) when rules were per CIDR.
+resolved() {  # resolved NAME CIDR...: the template resolved with AllowedCidrs=CIDR,... in $tmp/NAME.json
+  local name=$1
+  shift
+  helper expand "$TEMPLATE" "$tmp/$name.json" resolve \
+    "$(python3 -c 'import json, sys; print(json.dumps({"AllowedCidrs": sys.argv[1:]}))' "$@")" >/dev/null ||
+    die "expanding with AllowedCidrs=$*"
+}
+resolved colliding 1.11.1.1/32 11.1.1.1/32
+helper ssh-rules "$tmp/colliding.json" 1.11.1.1/32 11.1.1.1/32 || die "1.11.1.1/32 and 11.1.1.1/32 are not two entries"
+twenty=(); for i in {0..19}; do twenty+=("10.9.$i.0/24"); done
+resolved twenty "${twenty[@]}"
+helper ssh-rules "$tmp/twenty.json" "${twenty[@]}" || die "20 CIDRs are not 20 entries"
+resolved more "${twenty[@]}" 10.9.20.0/24
+helper ssh-rules "$tmp/more.json" "${twenty[@]}" >/dev/null || die "21 CIDRs: not the first 20 in the list"
 python3 - "$tmp/twenty.json" "$tmp/more.json" <<'PY' || die "the 20-CIDR limit"
 import json, sys
 twenty, more = (json.load(open(p))["Resources"] for p in sys.argv[1:])
-rules = sorted(r["Properties"]["CidrIp"] for r in twenty.values() if r["Type"] == "AWS::EC2::SecurityGroupIngress")
-assert rules == sorted(f"10.9.{i}.0/24" for i in range(20)), rules
 assert "RefuseMoreThan20AllowedCidrs" not in twenty
 assert more["RefuseMoreThan20AllowedCidrs"]["Type"] == "AWS::CloudFormation::WaitCondition"
-print("20 CIDRs: 20 rules; 21: the stack fails on RefuseMoreThan20AllowedCidrs")
+print("21 CIDRs: the stack fails on RefuseMoreThan20AllowedCidrs")
 PY
-ok "AllowedCidrs 1.11.1.1/32,11.1.1.1/32: two rules with distinct IDs; 20 CIDRs: 20 rules; 21: refused"
+ok "AllowedCidrs 1.11.1.1/32,11.1.1.1/32: two entries of the prefix list, one SSH rule from it; 20 CIDRs: 20 entries; 21: refused"
+
+# Reordered, a middle entry removed, one CIDR, 20: the same rule (logical ID and properties) and
+# every other resource the same; only the prefix list's entries differ.
+resolved abc 1.1.1.1/32 2.2.2.2/32 3.3.3.3/32
+resolved cab 3.3.3.3/32 1.1.1.1/32 2.2.2.2/32
+resolved ac 1.1.1.1/32 3.3.3.3/32
+resolved one 1.1.1.1/32
+helper ssh-rules "$tmp/cab.json" 3.3.3.3/32 1.1.1.1/32 2.2.2.2/32 >/dev/null || die "the reordered entries"
+helper ssh-rules "$tmp/ac.json" 1.1.1.1/32 3.3.3.3/32 >/dev/null || die "a middle entry removed"
+helper same-rules "$tmp/abc.json" "$tmp/cab.json" "$tmp/ac.json" "$tmp/one.json" "$tmp/twenty.json" "$tmp/colliding.json" ||
+  die "a change of AllowedCidrs changes more than the prefix list's entries"
+ok "AllowedCidrs reordered, without a middle entry, shorter or longer: the same rule SshFromAllowedCidrs (ID and properties) and resources; the entries follow"
+
+# And statically: no ingress rule of the template depends on AllowedCidrs (so none can be per
+# CIDR or per position again); the two previous versions' rules are caught.
+helper ingress-independent "$TEMPLATE" || die "a security group ingress depends on AllowedCidrs"
+for kind in by-cidr by-index; do
+  helper legacy "$TEMPLATE" "$tmp/legacy-$kind.json" "$kind"
+  if helper ingress-independent "$tmp/legacy-$kind.json" >/dev/null 2>&1; then die "the check missed the rules $kind"; fi
+done
+ok "no SecurityGroupIngress depends on AllowedCidrs, directly, through a condition or a Fn::ForEach (the previous templates' rules per CIDR and per position are caught)"
 
 # --- push.sh: shellcheck, POSIX ---------------------------------------------------------
 say "shellcheck, POSIX sh"

@@ -1,8 +1,10 @@
 """tests/deploy.sh and tests/deploy_push.sh helper (python3 with PyYAML: the deploy venv).
 Evaluates deploy/cloudformation/bastion.yaml with test values, so that it can be compared with
 deploy/*.json rendered with the same values; expands its Fn::ForEach loops (checkov and moto do
-not); compares the IAM policies; checks push.sh for bash-isms. tests/deploy_stack.py checks the
-deployer policy and the stack moto deployed.
+not); checks the SSH ingress (one rule from the AllowedCidrs prefix list, never from 0.0.0.0/0 or
+::/0, no rule that depends on AllowedCidrs) and writes the templates with the SSH rules of the
+two previous versions (for the upgrade test); compares the IAM policies; checks push.sh for
+bash-isms. tests/deploy_stack.py checks the deployer policy and the stack moto deployed.
 
   deploy_helper.py COMMAND ARGS...   (see the table at the end)
 """
@@ -263,14 +265,202 @@ def expand(template_path, out_path, resolve="keep", params_json=""):
     print(len(t["Resources"]))
 
 
+INGRESS = "AWS::EC2::SecurityGroupIngress"
+PREFIX_LIST = "AWS::EC2::PrefixList"
+ENTRY_DESCRIPTION = "AllowedCidrs"  # the same for every entry: a reordering changes no entry
+
+
+def _load_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def ssh_rules(expanded_path, *want):
-    """The expanded (resolved) template has exactly one SSH rule per wanted CIDR."""
-    with open(expanded_path, encoding="utf-8") as f:
-        t = json.load(f)
-    rules = {n: r["Properties"] for n, r in t["Resources"].items() if r["Type"] == "AWS::EC2::SecurityGroupIngress"}
-    got = sorted((p["CidrIp"], p["FromPort"], p["Description"]) for p in rules.values())
-    same("SSH rules", got, sorted((c, 22, f"SSH from {c}") for c in want))
-    print("distinct SSH rules:", ", ".join(f"{n}={p['CidrIp']}" for n, p in sorted(rules.items())))
+    """The resolved template admits SSH through exactly one rule, SshFromAllowedCidrs: TCP 22 from
+    the prefix list AllowedCidrsPrefixList (IPv4, MaxEntries 20), whose entries are the wanted
+    CIDRs in their order, each with the same description."""
+    res = _load_json(expanded_path)["Resources"]
+    rules = {n: r["Properties"] for n, r in res.items() if r["Type"] == INGRESS}
+    same("SecurityGroupIngress resources", sorted(rules), ["SshFromAllowedCidrs"])
+    same("SshFromAllowedCidrs", rules["SshFromAllowedCidrs"],
+         {"GroupId": ATTS["SecurityGroup.GroupId"], "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+          "Description": "SSH from AllowedCidrs (the prefix list AllowedCidrsPrefixList)",
+          "SourcePrefixListId": {"Fn::GetAtt": ["AllowedCidrsPrefixList", "PrefixListId"]}})
+    lists = sorted(n for n, r in res.items() if r["Type"] == PREFIX_LIST)
+    same("PrefixList resources", lists, ["AllowedCidrsPrefixList"])
+    pl = res["AllowedCidrsPrefixList"]["Properties"]
+    same("the prefix list", {k: v for k, v in pl.items() if k != "Entries"},
+         {"PrefixListName": f"{STACK}-bastion-ssh", "AddressFamily": "IPv4", "MaxEntries": 20})
+    same("the prefix list's entries", pl.get("Entries", []),
+         [{"Cidr": c, "Description": ENTRY_DESCRIPTION} for c in want])
+    print(f"one SSH rule, SshFromAllowedCidrs, from AllowedCidrsPrefixList: {len(want)} entries, "
+          + ", ".join(want))
+
+
+def _ports_cover_22(p):
+    if str(p.get("IpProtocol")).lower() in ("-1", "all"):
+        return True
+    if str(p.get("IpProtocol")).lower() not in ("tcp", "6"):
+        return False
+    return int(p.get("FromPort", 0)) <= 22 <= int(p.get("ToPort", 65535))
+
+
+def ssh_sources(res):
+    """(rule, source) for every ingress that reaches TCP 22: standalone SecurityGroupIngress
+    resources and the inline SecurityGroupIngress of security groups. A prefix list source is
+    replaced by its entries, so a CIDR is judged wherever it is written."""
+    rules = [(n, r["Properties"]) for n, r in res.items() if r["Type"] == INGRESS]
+    rules += [(f"{n}.SecurityGroupIngress[{i}]", p) for n, r in res.items() if r["Type"] == "AWS::EC2::SecurityGroup"
+              for i, p in enumerate(r.get("Properties", {}).get("SecurityGroupIngress", []))]
+    out = []
+    for name, p in rules:
+        if not _ports_cover_22(p):
+            continue
+        for key in ("CidrIp", "CidrIpv6"):
+            if key in p:
+                out.append((name, p[key]))
+        if "SourcePrefixListId" in p:
+            ref = p["SourcePrefixListId"]
+            target = (ref.get("Fn::GetAtt") or [ref.get("Ref")])[0] if isinstance(ref, dict) else None
+            if target not in res or res[target]["Type"] != PREFIX_LIST:
+                fail(f"{name}: SourcePrefixListId {ref!r} is not a prefix list of this template (cannot judge it)")
+            out += [(f"{name} via {target}", e["Cidr"]) for e in res[target]["Properties"].get("Entries", [])]
+        if "SourceSecurityGroupId" in p or "SourceSecurityGroupName" in p:
+            out.append((name, "security group"))
+    return out
+
+
+def ssh_not_world(expanded_path):
+    """No ingress of the resolved template opens TCP 22 to the whole internet: no source, prefix
+    list entries included, is a /0 (0.0.0.0/0, ::/0, or any address written with /0)."""
+    import ipaddress
+    sources = ssh_sources(_load_json(expanded_path)["Resources"])
+    if not sources:
+        fail("no ingress reaches port 22 (nothing to judge)")
+    world = [(n, c) for n, c in sources
+             if c != "security group" and ipaddress.ip_network(c, strict=False).prefixlen == 0]
+    if world:
+        fail("port 22 open to the internet: " + ", ".join(f"{n}: {c}" for n, c in world))
+    print(f"port 22 from {len(sources)} sources, none a /0:", ", ".join(sorted({c for _, c in sources})))
+
+
+def depends_on(node, out=None):
+    """Parameters, resources and conditions ("Condition:NAME") a template fragment names."""
+    out = set() if out is None else out
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "Ref" and isinstance(v, str):
+                out.add(v)
+            elif k == "Fn::Sub":
+                text = v if isinstance(v, str) else v[0]
+                out.update(n.split(".")[0] for n in re.findall(r"\$\{([^!}][^}]*)\}", text))
+                if not isinstance(v, str):
+                    depends_on(v[1], out)
+            elif k == "Fn::GetAtt":
+                out.add(v[0] if isinstance(v, list) else v.split(".")[0])
+            elif k == "Fn::If":
+                out.add("Condition:" + v[0])
+                depends_on(v[1:], out)
+            elif k == "Condition" and isinstance(v, str):
+                out.add("Condition:" + v)
+            else:
+                depends_on(v, out)
+    elif isinstance(node, list):
+        for n in node:
+            depends_on(n, out)
+    return out
+
+
+def ingress_independent(template_path):
+    """No SecurityGroupIngress (nor a security group's inline ingress) depends on AllowedCidrs:
+    not its properties, not its Condition, not the collection of a Fn::ForEach that makes it,
+    directly or through a condition. So no rule can be per CIDR (or per position), and a change
+    of AllowedCidrs changes no rule. (Through a resource attribute does not count: the prefix
+    list's PrefixListId stays when its entries change.)"""
+    t = load_template(template_path)
+    ev = Evaluator(t)
+    conditions = ev.conditions
+    tainted = {"AllowedCidrs"}
+    while True:
+        more = {"Condition:" + c for c, body in conditions.items()
+                if "Condition:" + c not in tainted and depends_on(body) & tainted}
+        if not more:
+            break
+        tainted |= more
+    bad = []
+
+    def visit(section, loop_deps):
+        for key, value in section.items():
+            if key.startswith("Fn::ForEach::"):
+                ident, collection, body = value
+                deps = loop_deps | depends_on(collection)
+                for item in (collection if isinstance(collection, list) else ev.eval(collection)):
+                    visit(substitute(body, ident, item), deps)
+                continue
+            if not isinstance(value, dict):
+                continue
+            if value.get("Type") == INGRESS:
+                deps = (loop_deps | depends_on(value.get("Properties", {}))
+                        | depends_on({"Condition": value.get("Condition")}))
+            elif value.get("Type") == "AWS::EC2::SecurityGroup":
+                deps = loop_deps | depends_on(value.get("Properties", {}).get("SecurityGroupIngress", []))
+            else:
+                continue
+            if deps & tainted:
+                why = sorted(d.replace("Condition:", "condition ") for d in deps & tainted)
+                bad.append(f"{key} ({', '.join(why)})")
+    visit(t["Resources"], set())
+    if bad:
+        fail("security group ingress that depends on AllowedCidrs: " + "; ".join(bad))
+    print("no SecurityGroupIngress depends on AllowedCidrs (properties, condition, Fn::ForEach collection;"
+          f" {len(tainted) - 1} conditions do)")
+
+
+def same_rules(*expanded_paths):
+    """Resolved with different AllowedCidrs: the same SecurityGroupIngress resources (logical IDs
+    and properties) and every other resource equal, except the prefix list's entries."""
+    res = [_load_json(p)["Resources"] for p in expanded_paths]
+    def ingress(x):
+        return {n: v for n, v in x.items() if v["Type"] == INGRESS}
+    for path, r in zip(expanded_paths[1:], res[1:]):
+        same(f"SecurityGroupIngress resources ({expanded_paths[0]} vs {path})", ingress(res[0]), ingress(r))
+        strip = [{n: v for n, v in x.items() if n not in ("AllowedCidrsPrefixList", "RefuseMoreThan20AllowedCidrs",
+                                                         "RefuseMoreThan20AllowedCidrsHandle")} for x in (res[0], r)]
+        same(f"resources other than the prefix list ({expanded_paths[0]} vs {path})", *strip)
+        same("the prefix list but its entries",
+             *({k: v for k, v in x["AllowedCidrsPrefixList"]["Properties"].items() if k != "Entries"} for x in (res[0], r)))
+    entries = [[e["Cidr"] for e in x["AllowedCidrsPrefixList"]["Properties"].get("Entries", [])] for x in res]
+    print("same rule SshFromAllowedCidrs and resources; entries:", " / ".join(",".join(e) for e in entries))
+
+
+# The SSH rules of the two previous versions of the template, as they were written (in YAML):
+# one rule per CIDR named by the CIDR (commit 0a688a7), one rule per position (commit 7a6d2ff).
+_LEGACY_PAD = {"Fn::Split": [",", {"Fn::Join": [",", [{"Fn::Join": [",", {"Ref": "AllowedCidrs"}]},
+                                                     ",,,,,,,,,,,,,,,,,,,,"]]}]}
+LEGACY_SSH_RULES = {
+    "by-cidr": {"Fn::ForEach::SshIngress": ["Cidr", {"Ref": "AllowedCidrs"}, {"SshFrom&{Cidr}": {
+        "Type": INGRESS, "Properties": {
+            "GroupId": {"Fn::GetAtt": ["SecurityGroup", "GroupId"]}, "Description": {"Fn::Sub": "SSH from ${Cidr}"},
+            "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "CidrIp": {"Ref": "Cidr"}}}}]},
+    "by-index": {"Fn::ForEach::SshIngress": ["Index", [str(i) for i in range(20)], {"SshFromAllowedCidr${Index}": {
+        "Type": INGRESS, "Condition": {"Fn::Sub": "HasAllowedCidr${Index}"}, "Properties": {
+            "GroupId": {"Fn::GetAtt": ["SecurityGroup", "GroupId"]},
+            "Description": {"Fn::Sub": ["SSH from ${Cidr}", {"Cidr": {"Fn::Select": [{"Ref": "Index"}, _LEGACY_PAD]}}]},
+            "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+            "CidrIp": {"Fn::Select": [{"Ref": "Index"}, _LEGACY_PAD]}}}}]},
+}
+
+
+def legacy(template_path, out_path, kind):
+    """The template as it is, but with the SSH rules of a previous version instead of the prefix
+    list and its rule (and without the prefix list's output): what a stack created before runs."""
+    t = load_template(template_path)
+    for name in ("AllowedCidrsPrefixList", "SshFromAllowedCidrs"):
+        del t["Resources"][name]
+    t["Outputs"] = {k: v for k, v in t["Outputs"].items() if "AllowedCidrsPrefixList" not in json.dumps(v)}
+    t["Resources"].update(copy.deepcopy(LEGACY_SSH_RULES[kind]))
+    with open(out_path, "w", encoding="utf-8") as f:
+        json.dump(t, f)
 
 
 def camel(node, inside_options=False):
@@ -508,6 +698,8 @@ def posix_check(path):
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
     {"compare-task-definition": compare_task_definition, "compare-iam": compare_iam,
-     "expand": expand, "ssh-rules": ssh_rules, "checkov-summary": checkov_summary,
+     "expand": expand, "ssh-rules": ssh_rules, "ssh-not-world": ssh_not_world,
+     "ingress-independent": ingress_independent, "same-rules": same_rules, "legacy": legacy,
+     "checkov-summary": checkov_summary,
      "check-registered": check_registered, "partition-of": partition_of,
      "posix-check": posix_check}[cmd](*args)

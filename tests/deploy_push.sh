@@ -3,7 +3,10 @@
 # says (no ImageTag), deploy/push.sh run under dash with busybox's userland and a fake docker,
 # then stack updates. Proves that the stack is the one owner of the images: a stack update that
 # does not pass ImageTag keeps the pushed images, and push.sh builds exactly <tag>-<arch> for the
-# stack's architecture.
+# stack's architecture. And that AllowedCidrs updates edit the prefix list in place (the entries
+# read with aws ec2 get-managed-prefix-list-entries; the same list and SSH rule throughout), a
+# removed middle entry and a reordering included, and that stacks of the two previous templates
+# (one rule per CIDR, one per position) upgrade, where those templates themselves fail.
 #
 # What moto cannot do, and so is not tested here:
 # - Fn::ForEach (AWS::LanguageExtensions): moto has no transforms. The stack is deployed from a
@@ -12,6 +15,13 @@
 # - Change sets and parameter-only updates: moto 5.2.5 gets them wrong in seven ways, fixed by
 #   tests/moto_cfn.py (read it); `aws cloudformation deploy` itself (change set, UsePreviousValue
 #   for every parameter not given, waits) is the real AWS CLI.
+# - AWS::EC2::PrefixList and the SSH rule from it: moto has no such CloudFormation type and its
+#   SecurityGroupIngress cannot reference a prefix list, be replaced or be deleted;
+#   tests/moto_cfn.py (fixes 8 to 10) models them after CloudFormation's handlers on moto's own
+#   EC2 backend, which refuses a duplicate rule as EC2 does. So what is tested is EC2's
+#   duplicate check and CloudFormation's order (replacement first, deletions last) as modelled
+#   there, not AWS's handlers themselves; moto does not count a prefix list reference as
+#   MaxEntries rules towards the group's quota.
 # - AWS::EC2::SecurityGroupEgress, AWS::SNS::TopicPolicy, AWS::Logs::SubscriptionFilter and
 #   AWS::CloudWatch::Alarm: moto skips these types (with a warning).
 # - Emptying ImageTag again (the service and task definition deleted): moto cannot delete an
@@ -110,52 +120,123 @@ built() {  # built TAG ARCH: both images built for linux/ARCH and pushed, nothin
   n=$(grep -c 'buildx build' "$FAKE_DOCKER_LOG")
   ((n == 2)) || die "push.sh built $n images, expected 2: $(cat "$FAKE_DOCKER_LOG")"
 }
-stack() {  # stack TAG|- ARCH CIDR...: what the stack runs (tests/deploy_stack.py moto-stack)
+stack() {  # stack TAG|- ARCH: what the stack runs (tests/deploy_stack.py moto-stack)
   python3 tests/deploy_stack.py moto-stack "$AWS_ENDPOINT_URL" bastion "$@" || { moto_log; die "the stack is not as expected (${1:-})"; }
 }
-update() {  # update PARAMETER=VALUE...: a stack update by hand, as deploy/README.md shows it
-  aws cloudformation deploy --stack-name bastion --template-file "$stack_template" \
+output() {  # output STACK KEY
+  aws cloudformation describe-stacks --stack-name "$1" --output text --query "Stacks[0].Outputs[?OutputKey=='$2'].OutputValue"
+}
+port22() {  # port22 STACK prefix-list | port22 STACK cidrs CIDR...: every source of port 22 (tests/deploy_stack.py moto-ssh)
+  python3 tests/deploy_stack.py moto-ssh "$AWS_ENDPOINT_URL" "$@" || { moto_log; die "port 22 of $1"; }
+}
+entries() {  # entries STACK CIDR...: port 22 from the stack's prefix list only, whose entries (read from EC2) are the CIDRs; sets pl, rule
+  local name=$1 got want
+  shift
+  read -r pl rule < <(port22 "$name" prefix-list)
+  [[ $pl == pl-* && $rule == sgr-* ]] || die "$name: no prefix list or SSH rule"
+  got=$(aws ec2 get-managed-prefix-list-entries --prefix-list-id "$pl" --output text --query 'Entries[].Cidr' | tr '\t' '\n' | sort)
+  want=$(printf '%s\n' "$@" | sort)
+  [[ $got == "$want" ]] || die "$name: prefix list $pl has the entries ${got//$'\n'/ }, expected $*"
+  printf '%s: port 22 from the prefix list %s only (rule %s), entries %s\n' "$name" "$pl" "$rule" "$*"
+}
+allowed() {  # allowed CIDR...: the stack bastion's entries, still in the prefix list and by the SSH rule created first
+  entries bastion "$@"
+  first_ssh=${first_ssh:-$pl $rule}
+  [[ "$pl $rule" == "$first_ssh" ]] || die "the prefix list or its SSH rule was replaced: $pl $rule, first $first_ssh"
+}
+deploy() {  # deploy STACK TEMPLATE PARAMETER=VALUE...: aws cloudformation deploy, its output in $tmp/deploy.out
+  local name=$1 template=$2
+  shift 2
+  aws cloudformation deploy --stack-name "$name" --template-file "$template" \
     --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset \
-    --parameter-overrides "$@" >"$tmp/update.out" 2>&1 || { cat "$tmp/update.out" >&2; moto_log; die "stack update $*"; }
+    --parameter-overrides "$@" >"$tmp/deploy.out" 2>&1
+}
+update() {  # update PARAMETER=VALUE...: a stack update by hand, as deploy/README.md shows it
+  deploy bastion "$stack_template" "$@" || { cat "$tmp/deploy.out" >&2; moto_log; die "stack update $*"; }
 }
 
 say "the first deployment: the stack without ImageTag"
 read -r vpc subnets < <(python3 tests/deploy_stack.py moto-vpc "$AWS_ENDPOINT_URL")
-update VpcId="$vpc" SubnetIds="$subnets" AllowedCidrs=1.11.1.1/32,11.1.1.1/32 EgressCidr=10.0.0.0/16 \
-  EgressPorts=5432,22 HostedZoneId=Z0123456789ABCDEFGHIJ RecordName=bastion.eu-west-1.example.com \
-  PermitOpen=db.internal:5432
-stack - amd64 1.11.1.1/32 11.1.1.1/32
-registry=$(aws cloudformation describe-stacks --stack-name bastion --output text \
-  --query "Stacks[0].Outputs[?OutputKey=='BastionRepositoryUri'].OutputValue")
+required=(VpcId="$vpc" SubnetIds="$subnets" EgressCidr=10.0.0.0/16 "EgressPorts=5432,22"
+  HostedZoneId=Z0123456789ABCDEFGHIJ RecordName=bastion.eu-west-1.example.com PermitOpen=db.internal:5432)
+update "${required[@]}" AllowedCidrs=1.11.1.1/32,11.1.1.1/32
+stack - amd64
+allowed 1.11.1.1/32 11.1.1.1/32
+registry=$(output bastion BastionRepositoryUri)
 registry=${registry%%/*}
-ok "stack without ImageTag: repositories, roles, security group (1.11.1.1/32 and 11.1.1.1/32, two rules), no task definition, no service"
+ok "stack without ImageTag: repositories, roles, security group (port 22 from one prefix list: 1.11.1.1/32, 11.1.1.1/32), no task definition, no service"
 
 say "deploy/push.sh (dash, busybox, fake docker): the first push creates the service"
 push --tag 0123456789ab
 built 0123456789ab amd64
-stack 0123456789ab amd64 1.11.1.1/32 11.1.1.1/32
+stack 0123456789ab amd64
 ok "push.sh built and pushed <tag>-amd64 (X86_64, from the stack's outputs) and updated the stack: the service runs 1 task of those images"
 
 say "a stack update without ImageTag keeps the pushed images"
 update AllowedCidrs=1.11.1.1/32,11.1.1.1/32,203.0.113.0/24 LogRetentionDays=90
-stack 0123456789ab amd64 1.11.1.1/32 11.1.1.1/32 203.0.113.0/24
-ok "update of AllowedCidrs and LogRetentionDays, ImageTag not given: ImageTag and the service's images unchanged, a third SSH rule"
+stack 0123456789ab amd64
+allowed 1.11.1.1/32 11.1.1.1/32 203.0.113.0/24
+ok "update of AllowedCidrs and LogRetentionDays, ImageTag not given: ImageTag and the service's images unchanged, a third entry in the prefix list"
+
+# [A,B,C] -> [C,A]: with a rule per position, position 0 became C while position 2 still held it.
+update AllowedCidrs=203.0.113.0/24,1.11.1.1/32
+stack 0123456789ab amd64
+allowed 203.0.113.0/24 1.11.1.1/32
+ok "AllowedCidrs without its middle entry and reordered: the same prefix list with two entries, the same SSH rule"
 
 say "push.sh again with the same tag: nothing to build, nothing to change"
 push --tag 0123456789ab
 if grep -q 'buildx build' "$FAKE_DOCKER_LOG"; then die "push.sh rebuilt images already in ECR: $(cat "$FAKE_DOCKER_LOG")"; fi
-stack 0123456789ab amd64 1.11.1.1/32 11.1.1.1/32 203.0.113.0/24
+stack 0123456789ab amd64
 ok "images already in ECR are not rebuilt; an empty change set is no failure (--no-fail-on-empty-changeset)"
 
 say "switching to ARM64 with <tag>-amd64 in ECR: the arm64 images are built"
 push --tag 0123456789ab --cpu-architecture ARM64
 built 0123456789ab arm64
-stack 0123456789ab arm64 1.11.1.1/32 11.1.1.1/32 203.0.113.0/24
+stack 0123456789ab arm64
 ok "push.sh --cpu-architecture ARM64 built <tag>-arm64 (--platform linux/arm64) although <tag>-amd64 exists; the service runs the arm64 images"
 
 push --tag 0123456789ac
 built 0123456789ac arm64
-stack 0123456789ac arm64 1.11.1.1/32 11.1.1.1/32 203.0.113.0/24
+stack 0123456789ac arm64
+allowed 203.0.113.0/24 1.11.1.1/32
 ok "the next push reads CpuArchitecture=ARM64 from the stack's outputs and builds <tag>-arm64"
+
+say "stacks of the previous templates: one SSH rule per CIDR (0a688a7), per position (7a6d2ff)"
+# Their SSH rules from tests/deploy_helper.py (LEGACY_SSH_RULES), the rest as now; Fn::ForEach over
+# AllowedCidrs (per CIDR) is expanded with the CIDRs the stacks are created with.
+created() {  # created STACK TEMPLATE CIDRS: a new stack (without the new-login notifier, which plays no part)
+  deploy "$1" "$2" "${required[@]}" AllowedCidrs="$3" NewLoginLookbackDays=0 ||
+    { cat "$tmp/deploy.out" >&2; moto_log; die "creating $1"; }
+}
+refused() {  # refused STACK TEMPLATE CIDRS: the update fails on a duplicate rule
+  if deploy "$1" "$2" AllowedCidrs="$3"; then die "moto took the update of $1 to AllowedCidrs=$3"; fi
+  grep -q '(InvalidPermission.Duplicate) when calling the ExecuteChangeSet operation' "$tmp/deploy.out" ||
+    { cat "$tmp/deploy.out" >&2; moto_log; die "the update of $1 failed, but not on a duplicate rule"; }
+}
+a=203.0.113.0/24 b=198.51.100.7/32 c=192.0.2.0/24
+by_cidr=$tmp/by-cidr.json by_index=$tmp/by-index.json
+helper legacy "$TEMPLATE" "$tmp/legacy-by-cidr.json" by-cidr || die "the template with a rule per CIDR"
+helper expand "$tmp/legacy-by-cidr.json" "$by_cidr" keep "{\"AllowedCidrs\": [\"$a\", \"$b\"]}" >/dev/null || die "expanding it"
+helper legacy "$TEMPLATE" "$tmp/legacy-by-index.json" by-index || die "the template with a rule per position"
+helper expand "$tmp/legacy-by-index.json" "$by_index" keep >/dev/null || die "expanding it"
+
+# What those templates did: the two failures that the prefix list removes, each on its own stack.
+created old-by-index "$by_index" "$a,$b,$c"
+port22 old-by-index cidrs "$a" "$b" "$c"
+refused old-by-index "$by_index" "$b,$c"
+created old-by-cidr "$by_cidr" "$a,$b"
+port22 old-by-cidr cidrs "$a" "$b"
+refused old-by-cidr "$by_index" "$a,$b"
+ok "the previous templates fail on InvalidPermission.Duplicate (EC2's check, CloudFormation's order): a rule per position on [A,B,C] -> [B,C], the upgrade from a rule per CIDR to one per position"
+
+for kind in by-cidr by-index; do
+  old=$tmp/$kind.json
+  created "upgrade-$kind" "$old" "$a,$b"
+  port22 "upgrade-$kind" cidrs "$a" "$b"
+  deploy "upgrade-$kind" "$stack_template" AllowedCidrs="$a,$b" || { cat "$tmp/deploy.out" >&2; moto_log; die "upgrading the stack with a rule $kind"; }
+  entries "upgrade-$kind" "$a" "$b"
+done
+ok "stacks with a rule per CIDR and with a rule per position upgrade to this template: then port 22 from the prefix list ($a, $b) only, the old rules deleted"
 
 printf '\ndeploy_push: %d passed, 0 failed (%d s)\n' "$passed" "$((SECONDS - started))"

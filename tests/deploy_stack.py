@@ -3,7 +3,8 @@ cfn-lint, policy_sentry): checks deploy/iam/deployer-policy.json, and the stack 
 
   deploy_stack.py check-deployer-policy deploy/iam/deployer-policy.json
   deploy_stack.py moto-vpc ENDPOINT                      -> "vpc-... subnet-...,subnet-..."
-  deploy_stack.py moto-stack ENDPOINT STACK TAG|- ARCH [CIDR...]
+  deploy_stack.py moto-stack ENDPOINT STACK TAG|- ARCH
+  deploy_stack.py moto-ssh ENDPOINT STACK prefix-list|cidrs [CIDR...]
 """
 import fnmatch, json, os, re, sys
 
@@ -127,14 +128,45 @@ def moto_vpc(endpoint):
     print(vpc, ",".join(subnets))
 
 
-def moto_stack(endpoint, stack, want_tag, want_arch, *cidrs):
-    """The stack in moto: with want_tag '-', no service and no task definition; otherwise the
-    service runs 1 task of a task definition whose two images are <repo>:<want_tag>-<arch>."""
-    cfn, ecs, ec2 = _clients(endpoint)
+def _outputs(cfn, stack):
     s = cfn.describe_stacks(StackName=stack)["Stacks"][0]
     assert s["StackStatus"] in ("CREATE_COMPLETE", "UPDATE_COMPLETE"), s["StackStatus"]
+    return s, {o["OutputKey"]: o["OutputValue"] for o in s.get("Outputs", [])}
+
+
+def moto_ssh(endpoint, stack, kind, *cidrs):
+    """What the stack's security group admits to port 22, every source: with kind prefix-list,
+    only the stack's prefix list (output AllowedCidrsPrefixListId); with kind cidrs, exactly one
+    rule per given CIDR (the SSH rules of the previous templates)."""
+    cfn, _, ec2 = _clients(endpoint)
+    _, outputs = _outputs(cfn, stack)
+    sg = ec2.describe_security_groups(GroupIds=[outputs["SecurityGroupId"]])["SecurityGroups"][0]
+    sources = sorted((kind, item[key]) for p in sg["IpPermissions"] if p.get("FromPort") == 22
+                     for kind, field, key in (("cidr", "IpRanges", "CidrIp"), ("cidr", "Ipv6Ranges", "CidrIpv6"),
+                                              ("group", "UserIdGroupPairs", "GroupId"),
+                                              ("prefix-list", "PrefixListIds", "PrefixListId"))
+                     for item in p.get(field, []))
+    if kind == "prefix-list":  # prints "PREFIX_LIST_ID RULE_ID"
+        assert not cidrs, cidrs
+        pl = outputs["AllowedCidrsPrefixListId"]
+        same("the port 22 sources", [("prefix-list", pl)], sources)
+        rules = [r for r in ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [sg["GroupId"]]}])
+                 ["SecurityGroupRules"] if not r["IsEgress"] and r.get("FromPort") == 22]
+        assert len(rules) == 1 and rules[0]["IpProtocol"] == "tcp" and rules[0]["ToPort"] == 22, rules
+        info = ec2.describe_managed_prefix_lists(PrefixListIds=[pl])["PrefixLists"][0]
+        assert (info["AddressFamily"], info["MaxEntries"]) == ("IPv4", 20), info
+        print(pl, rules[0]["SecurityGroupRuleId"])
+    else:
+        same("the port 22 sources", sorted(("cidr", c) for c in cidrs), sources)
+        print(f"{stack}: port 22 from {', '.join(cidrs)}, one rule each")
+
+
+def moto_stack(endpoint, stack, want_tag, want_arch):
+    """The stack in moto: with want_tag '-', no service and no task definition; otherwise the
+    service runs 1 task of a task definition whose two images are <repo>:<want_tag>-<arch>."""
+    cfn, ecs, _ = _clients(endpoint)
+    s, outputs = _outputs(cfn, stack)
     params = {p["ParameterKey"]: p.get("ParameterValue") for p in s.get("Parameters", [])}
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in s.get("Outputs", [])}
     # (moto lists a resource it did not create, condition false or type unsupported, without a name)
     resources = {r["LogicalResourceId"]: r for r in cfn.describe_stack_resources(StackName=stack)["StackResources"]
                  if r.get("LogicalResourceId") and r.get("PhysicalResourceId")}
@@ -164,14 +196,10 @@ def moto_stack(endpoint, stack, want_tag, want_arch, *cidrs):
         for arn in (svc["serviceArn"], td["taskDefinitionArn"], outputs["ExecutionRoleArn"], outputs["TaskRoleArn"]):
             assert any(fnmatch.fnmatchcase(arn, p) for p in pats if p != "*"), f"deployer-policy.json does not cover {arn}"
         note = f"service {svc['serviceName']} (1 task) on {td['taskDefinitionArn'].rsplit('/', 1)[1]}: {', '.join(images)}"
-    if cidrs:
-        sg = ec2.describe_security_groups(GroupIds=[outputs["SecurityGroupId"]])["SecurityGroups"][0]
-        got = sorted(r["CidrIp"] for p in sg["IpPermissions"] if p.get("FromPort") == 22 for r in p["IpRanges"])
-        same("the port 22 rules", sorted(cidrs), got)
-        note += f"; port 22 from {', '.join(got)}"
     print(note)
 
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
-    {"check-deployer-policy": check_deployer_policy, "moto-vpc": moto_vpc, "moto-stack": moto_stack}[cmd](*args)
+    {"check-deployer-policy": check_deployer_policy, "moto-vpc": moto_vpc, "moto-stack": moto_stack,
+     "moto-ssh": moto_ssh}[cmd](*args)

@@ -1,7 +1,8 @@
 """moto_server for tests/deploy_push.sh: `python3 tests/moto_cfn.py -H 127.0.0.1 -p PORT`, moto's
-own server (moto.server.main) with seven fixes to moto 5.2.5's CloudFormation, which
-`aws cloudformation deploy` (change sets, parameter-only updates) needs. Each makes moto do what
-CloudFormation does in that case; where moto still differs, tests/deploy_push.sh says so.
+own server (moto.server.main) with ten fixes to moto 5.2.5's CloudFormation, which
+`aws cloudformation deploy` (change sets, parameter-only updates) and the template's SSH ingress
+(a prefix list, one rule from it) need. Each makes moto do what CloudFormation does in that case;
+where moto still differs, tests/deploy_push.sh says so.
 
 1. Executing a change set does not refresh the stack's outputs (a stack created through a
    change set has none; an updated one keeps the old values). Fixed: the outputs are rebuilt
@@ -26,11 +27,38 @@ CloudFormation does in that case; where moto still differs, tests/deploy_push.sh
    UpdateStack does) instead of creating a change set that fails with "The submitted information
    didn't contain changes", which is what `aws cloudformation deploy --no-fail-on-empty-changeset`
    expects. Fixed: the change set is created and fails so.
+8. AWS::EC2::PrefixList is no type of moto's CloudFormation (moto/ec2/models/managed_prefixes.py
+   has the EC2 API only), so the stack would have no prefix list. Fixed: a model that creates,
+   updates and deletes the managed prefix list through moto's own EC2 backend
+   (create_managed_prefix_list, modify_managed_prefix_list, delete_managed_prefix_list) the way
+   CloudFormation's handler does (aws-cloudformation-resource-providers-ec2-prefix-list,
+   UpdateHandler): an update in place, which refuses a change of MaxEntries or AddressFamily,
+   adds the template's entries that the list lacks (same CIDR and description), removes the
+   list's entries whose CIDR the template lacks, and calls nothing when there are neither (a
+   reordering). Ref and Fn::GetAtt PrefixListId give the id; Arn, Version, OwnerId.
+9. AWS::EC2::SecurityGroupIngress: moto's creation refuses a SourcePrefixListId (it asserts a
+   CIDR or a group), it has no update (fix 5 then keeps the old rule) and no delete (a removed
+   rule stays in the group). Fixed: the rule is authorized and revoked through moto's EC2
+   backend with its CIDR, group or prefix list, as the EC2 API takes them; an update that
+   changes more than the Description replaces the rule as CloudFormation does (every other
+   property is create-only): the new rule first, so that a rule equal to one still in the group
+   fails with InvalidPermission.Duplicate as on AWS, then the old one revoked. Unchanged
+   properties change nothing (fix 2 lists every resource that refers to an updated one, here
+   the rule that refers to the prefix list); a removed rule is revoked. (moto retries a failed
+   update up to five passes, CloudFormation does not: tests/deploy_push.sh's failing cases fail
+   in any order.)
+10. A stack update deletes the resources gone from the template first, then creates and updates
+   the others. CloudFormation deletes them last (the cleanup phase), after every creation and
+   update succeeded, so that a replacement exists before what it replaces goes. Fixed: last.
 """
 import re
 import sys
 
 from moto.cloudformation import models, parsing, responses
+from moto.cloudformation.exceptions import UnformattedGetAttTemplateException, ValidationError
+from moto.core.common_models import CloudFormationModel
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.security_groups import SecurityGroupIngress
 from moto.ecs import models as ecs_models
 from moto.server import main
 
@@ -109,6 +137,14 @@ def build_resource_diff(self, other_template, parameters=None):
     return diff
 
 
+def build_resource_diff_cleanup_last(self, other_template, parameters=None):
+    diff = build_resource_diff(self, other_template, parameters)
+    if getattr(self, "_in_update", False):  # fix 10: removed in update(), after the rest
+        self._cleanup = [(n, self._parsed_resources.get(n), self._resource_json_map[n]) for n in diff["Remove"]]
+        diff["Remove"] = []
+    return diff
+
+
 def _condition_true(resource_map, resource_json):
     condition = resource_json.get("Condition")
     return not condition or resource_map.lazy_condition_map[condition]
@@ -118,7 +154,11 @@ _original_update = parsing.ResourceMap.update
 
 
 def update(self, template, parameters=None):
-    _original_update(self, template, parameters)
+    self._in_update, self._cleanup = True, []
+    try:
+        _original_update(self, template, parameters)
+    finally:
+        self._in_update = False
     # Fix 3: create what a condition now allows, delete what it no longer does.
     for name, resource_json in self._resource_json_map.items():
         exists = self._parsed_resources.get(name) is not None
@@ -126,6 +166,11 @@ def update(self, template, parameters=None):
             _ = self[name]
         elif not _condition_true(self, resource_json) and exists:
             resource = self._parsed_resources.pop(name)
+            self._delete_resource(resource, resource_json)
+    # Fix 10: the cleanup phase.
+    for name, resource, resource_json in self._cleanup:
+        self._parsed_resources.pop(name, None)
+        if resource is not None:
             self._delete_resource(resource, resource_json)
 
 
@@ -171,9 +216,123 @@ def has_parameters(self, other_parameters):
             == {k: _as_given(v) for k, v in other_parameters.items()})
 
 
+class PrefixList(CloudFormationModel):
+    """Fix 8: AWS::EC2::PrefixList on moto's EC2 backend (a managed prefix list)."""
+    __module__ = "moto.ec2.cloudformation_prefix_list"  # moto's model registry names the service by module
+
+    def __init__(self, backend, prefix_list):
+        self.backend, self.prefix_list = backend, prefix_list
+
+    @staticmethod
+    def cloudformation_type():
+        return "AWS::EC2::PrefixList"
+
+    @staticmethod
+    def cloudformation_name_type():
+        return "PrefixListName"
+
+    @property
+    def physical_resource_id(self):
+        return self.prefix_list.id
+
+    @classmethod
+    def has_cfn_attr(cls, attr):
+        return attr in ("PrefixListId", "Arn", "Version", "OwnerId")
+
+    def get_cfn_attribute(self, attribute_name):
+        pl = self.prefix_list
+        values = {"PrefixListId": pl.id, "Arn": pl.prefix_list_arn, "Version": pl.version, "OwnerId": pl.owner_id}
+        if attribute_name not in values:
+            raise UnformattedGetAttTemplateException()
+        return values[attribute_name]
+
+    def is_created(self):
+        return True
+
+    @staticmethod
+    def _entries(properties):  # AWS::NoValue items are None in moto
+        return [{"Cidr": e["Cidr"], "Description": e.get("Description", "")}
+                for e in properties.get("Entries") or [] if e]
+
+    @classmethod
+    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        p = cloudformation_json["Properties"]
+        backend = ec2_backends[account_id][region_name]
+        entries = cls._entries(p)
+        if "MaxEntries" in p and len(entries) > int(p["MaxEntries"]):
+            raise ValidationError(message=f"{len(entries)} entries, more than MaxEntries {p['MaxEntries']}")
+        pl = backend.create_managed_prefix_list(
+            address_family=p["AddressFamily"], entry=entries, max_entries=str(p.get("MaxEntries")),
+            prefix_list_name=p.get("PrefixListName", resource_name),
+            tags={t["Key"]: t.get("Value", "") for t in p.get("Tags", [])})
+        return cls(backend, pl)
+
+    @classmethod
+    def update_from_cloudformation_json(cls, original_resource, new_resource_name, cloudformation_json, account_id,
+                                        region_name):
+        p, pl = cloudformation_json["Properties"], original_resource.prefix_list
+        if str(p.get("MaxEntries")) != str(pl.max_entries) or p["AddressFamily"] != pl.address_family:
+            raise ValidationError(message="MaxEntries or AddressFamily is not updatable.")
+        final = cls._entries(p)
+        current = pl.entries.get(pl.version, []) if pl.entries else []
+        add = [e for e in final if e not in current]
+        remove = [e for e in current if e["Cidr"] not in {f["Cidr"] for f in final}]
+        name = p.get("PrefixListName", new_resource_name)
+        if add or remove:
+            if len(current) - len(remove) + len(add) > int(pl.max_entries):
+                raise ValidationError(message=f"more entries than MaxEntries {pl.max_entries}")
+            original_resource.backend.modify_managed_prefix_list(
+                add_entry=add, remove_entry=remove, prefix_list_id=pl.id, current_version=pl.version,
+                prefix_list_name=name)
+        else:
+            pl.prefix_list_name = name
+        return original_resource
+
+    def delete(self, account_id, region_name):
+        self.backend.delete_managed_prefix_list(self.prefix_list.id)
+
+
+def _ingress_args(p):
+    """An AWS::EC2::SecurityGroupIngress's properties as moto's authorize/revoke take them."""
+    description = {"Description": p["Description"]} if "Description" in p else {}
+    group = {k[len("SourceSecurityGroup"):]: p[k]
+             for k in ("SourceSecurityGroupId", "SourceSecurityGroupName") if k in p}
+    return dict(
+        group_name_or_id=p.get("GroupId") or p.get("GroupName"), ip_protocol=p["IpProtocol"],
+        from_port=p.get("FromPort"), to_port=p.get("ToPort"),
+        ip_ranges=[dict({k: p[k]}, **description) for k in ("CidrIp", "CidrIpv6") if k in p],
+        source_groups=[group] if group else [],
+        prefix_list_ids=[dict({"PrefixListId": p["SourcePrefixListId"]}, **description)]
+        if "SourcePrefixListId" in p else [])
+
+
+def create_ingress(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    p = cloudformation_json["Properties"]
+    backend = ec2_backends[account_id][region_name]
+    _, group = backend.authorize_security_group_ingress(**_ingress_args(p))
+    return cls(group, p)
+
+
+def update_ingress(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
+    new, old = cloudformation_json["Properties"], original_resource.properties
+    if {k: v for k, v in new.items() if k != "Description"} == {k: v for k, v in old.items() if k != "Description"}:
+        original_resource.properties = new
+        return original_resource
+    replacement = cls.create_from_cloudformation_json(new_resource_name, cloudformation_json, account_id, region_name)
+    original_resource.delete(account_id, region_name)
+    return replacement
+
+
+def delete_ingress(self, account_id, region_name):
+    ec2_backends[account_id][region_name].revoke_security_group_ingress(**_ingress_args(self.properties))
+
+
+SecurityGroupIngress.create_from_cloudformation_json = classmethod(create_ingress)  # fix 9
+SecurityGroupIngress.update_from_cloudformation_json = classmethod(update_ingress)
+SecurityGroupIngress.delete = delete_ingress
 responses.CloudFormationResponse.create_change_set = create_change_set
 models.Stack.has_parameters = has_parameters
-parsing.ResourceMap.build_resource_diff = build_resource_diff
+parsing.ResourceMap.build_resource_diff = build_resource_diff_cleanup_last
 parsing.ResourceMap.update = update
 parsing.parse_and_update_resource = parse_and_update_resource
 models.ChangeSet.apply = apply

@@ -8,8 +8,8 @@ cfn-lint, policy_sentry): checks deploy/iam/deployer-policy.json, and the stack 
 """
 import fnmatch, json, os, re, sys
 
-from deploy_helper import (ACCOUNT, ATTS, IAM_VALUES, REGION, RESOURCE_REFS, fail,
-                           render_placeholders, same)
+from deploy_helper import render_placeholders, same
+from deploy_template import ACCOUNT, ATTS, IAM_VALUES, REGION, RESOURCE_REFS, fail
 
 
 def iam_action_exists(action, handler_permissions):

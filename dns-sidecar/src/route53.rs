@@ -226,3 +226,41 @@ fn to_sdk(change: &Change) -> Result<SdkChange, String> {
         .build()
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ownership::{Claim, Desired};
+
+    /// A client that must never be used: the batch is refused before any request.
+    fn offline_zone() -> Zone {
+        let config = aws_sdk_route53::Config::builder()
+            .behavior_version(aws_sdk_route53::config::BehaviorVersion::latest())
+            .region(aws_sdk_route53::config::Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:9")
+            .build();
+        let mut zone = Zone::new(Client::from_conf(config), "Z1".into(), "aws");
+        zone.name = Some("example.com.".into());
+        zone
+    }
+
+    #[tokio::test]
+    async fn a_batch_naming_anything_outside_the_zone_is_not_sent() {
+        let zone = offline_zone();
+        let claim = Claim::new("o", "t", std::time::UNIX_EPOCH);
+        let apex = Desired::new("example.com", RecordType::A, vec!["203.0.113.7".into()], 60, claim, None);
+        assert!(zone.contains(&apex.marker.name) && zone.contains("EXAMPLE.com"));
+        let legacy = RecordSet { name: apex.legacy_marker_name(), ..apex.marker.clone() };
+        let batch = [
+            Change { action: Action::Create, set: apex.address.clone() },
+            Change { action: Action::Create, set: legacy },
+        ];
+        match zone.apply(&batch, "test").await {
+            Err(DnsError::Fatal(e)) => {
+                assert!(e.contains("a-example.com. lies outside the hosted zone example.com. (Z1)"), "{e}");
+                assert!(e.contains("not sending it"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

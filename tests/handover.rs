@@ -6,10 +6,16 @@
 //! run here; the test plays its part in that order, and the ECS task
 //! metadata endpoint is the small real server of `bastion_tests::aws`.
 //!
+//! `old_tunnels_drain_…` adds two real bastion-sshd processes behind the
+//! two sidecars (on 127.0.0.2 and 127.0.0.3) and a user who resolves the
+//! name by reading the record, as a resolver with TTL 0 would.
+//!
 //! Every change batch goes through `Route53Proxy`, which refuses names
 //! outside the zone as Route 53 does (ministack does not), and the test
 //! checks that no written name lies outside it.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -292,4 +298,101 @@ fn the_readme_commands_lower_the_zones_negative_caching_ttl() {
     assert_eq!(soa("ttl"), 60, "{shown}");
     let value = soa("values")[0].as_str().unwrap().to_string();
     assert!(value.ends_with(" 1 7200 900 1209600 60"), "{value}");
+}
+
+/// What a user's resolver would answer for the name now (TTL 0).
+fn resolve(r53: &Emulator, zone: &str) -> String {
+    let a: Vec<Vec<String>> =
+        records(r53, zone).into_iter().filter(|r| r.0 == RECORD && r.1 == "A").map(|r| r.2).collect();
+    assert_eq!(a.len(), 1, "the name does not resolve to one record: {a:?}");
+    a[0][0].clone()
+}
+
+/// `ssh -N -L` to the bastion at `ip`:`port` by its name, the host key pinned under the name.
+fn tunnel_by_name(key: &ClientKey, known_hosts: &std::path::Path, ip: &str, port: u16, target: u16) -> (Proc, u16) {
+    let local = free_port();
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes"])
+        .args(["-o", "HostKeyAlias=bastion.example.test", "-o", "ExitOnForwardFailure=yes", "-v", "-N"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .arg("-i")
+        .arg(&key.private)
+        .args(["-p", &port.to_string(), "-L", &format!("127.0.0.1:{local}:127.0.0.1:{target}")])
+        .arg(format!("tunnel@{ip}"));
+    let proc = Proc::spawn(cmd, Stdio::null());
+    assert!(wait_forwards(&proc, &[local]), "{}", proc.stderr().text());
+    (proc, local)
+}
+
+#[test]
+fn old_tunnels_drain_on_the_old_task_and_new_connections_reach_the_new_one() {
+    require("ssh", "openssh-client");
+    let dir = bastion_tests::tempdir();
+    let key = ClientKey::generate(dir.path(), "alice", "ed25519", None);
+    // Both tasks serve the same host key (the stack's SSM parameter), pinned under the name.
+    let host_key = dir.path().join("host_ed25519");
+    let out = Command::new(bastion_bin()).args(["keygen", "--out"]).arg(&host_key).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let echo = EchoServer::start();
+    let port = free_port();
+    let bastion = |ip: &str| {
+        ServerBuilder::new(dir.path())
+            .arg("--host-key")
+            .arg(&host_key)
+            .args(["--listen", &format!("{ip}:{port}"), "--drain-timeout", "20s"])
+            .authorize(&[&key])
+            .start()
+    };
+    let old_bastion = bastion("127.0.0.2");
+    let new_bastion = bastion("127.0.0.3");
+    let known_hosts = dir.path().join("known_hosts.name");
+    let pinned = &old_bastion.host_public_key;
+    std::fs::write(&known_hosts, format!("bastion.example.test {pinned}\n[bastion.example.test]:{port} {pinned}\n"))
+        .unwrap();
+
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53, ZONE_NAME);
+    let side = |ip: &str, task: &str, extra: &[&str]| {
+        let mut cmd = sidecar_command("prod/bastion", RECORD, &r53.url, &zone, None, None, extra);
+        cmd.args(["--address", ip, "--task-id", task, "--reconcile-interval", "1s", "--handover-wait", "1s"]);
+        Proc::spawn(cmd, Stdio::null())
+    };
+    let mut old_side = side("127.0.0.2", "task-1-old", &[]);
+    wait_event(&old_side, "record.live");
+
+    // A user connects by the name: the old task. Their tunnel carries data.
+    assert_eq!(resolve(&r53, &zone), "127.0.0.2");
+    let (_alice, alice_port) = tunnel_by_name(&key, &known_hosts, "127.0.0.2", port, echo.addr.port());
+    let mut alice = connect_retry(SocketAddr::from(([127, 0, 0, 1], alice_port)));
+    let probe = |stream: &mut TcpStream, data: &[u8]| {
+        stream.write_all(data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        stream.read_exact(&mut back).unwrap();
+        assert_eq!(back, data);
+    };
+    probe(&mut alice, b"before the deploy");
+
+    // The deploy: the new task starts, takes the name over, turns healthy.
+    let new_side = side("127.0.0.3", "task-2-new", &[]);
+    wait_event(&new_side, "sidecar.handover");
+    wait_healthy(&new_side);
+    // A new connection by the name reaches the new task.
+    assert_eq!(resolve(&r53, &zone), "127.0.0.3");
+    let (_bob, bob_port) = tunnel_by_name(&key, &known_hosts, "127.0.0.3", port, echo.addr.port());
+    probe(&mut connect_retry(SocketAddr::from(([127, 0, 0, 1], bob_port))), b"on the new task");
+    new_bastion.wait_event("auth.accepted", |_| true);
+
+    // ECS stops the old task: the sidecar first (it leaves the name), then the
+    // bastion, which drains: the open tunnel still carries data.
+    old_side.signal("TERM");
+    assert_eq!(old_side.wait_exit(READY).and_then(|s| s.code()), Some(0), "{}", old_side.stderr().text());
+    wait_event(&old_side, "record.not_ours");
+    old_bastion.proc.signal("TERM");
+    old_bastion.wait_event("server.stopping", |e| e["tunnels_open"] == 1);
+    probe(&mut alice, b"during the drain");
+    assert_eq!(resolve(&r53, &zone), "127.0.0.3", "the name left the new task");
+    drop(alice);
+    let stopped = old_bastion.wait_event("server.stopped", |_| true);
+    assert_eq!(stopped["tunnels_cut"], 0, "{stopped}");
 }

@@ -323,8 +323,16 @@ fi
 image_exists() {
   exists_repository=${1%:*}
   exists_repository=${exists_repository#*/}
-  aws ecr describe-images --region "$REGION" --repository-name "$exists_repository" \
-    --image-ids "imageTag=${1##*:}" --output text --query 'imageDetails[0].imageDigest' >/dev/null 2>&1
+  if exists_answer=$(aws ecr describe-images --region "$REGION" --repository-name "$exists_repository" \
+    --image-ids "imageTag=${1##*:}" --output text --query 'imageDetails[0].imageDigest' 2>&1); then
+    return 0
+  fi
+  # Only "not there" means build it; anything else (access denied, no such repository, the
+  # network) must not end in building the checkout under that tag.
+  case $exists_answer in
+    *ImageNotFoundException*) return 1 ;;
+    *) die "cannot tell whether $1 is in ECR: $exists_answer" ;;
+  esac
 }
 
 buildx_checked=false
@@ -363,7 +371,7 @@ if ! run aws cloudformation deploy --region "$REGION" --stack-name "$STACK" --te
   die "the stack update failed (CloudFormation rolls a failed update back; the images stay in ECR). Why:
   aws cloudformation describe-stack-events --region $REGION --stack-name $STACK --max-items 25 --query 'StackEvents[?contains(ResourceStatus, \`FAILED\`)].[LogicalResourceId,ResourceStatusReason]'
   aws ecs describe-services --region $REGION --cluster ${OUT_CLUSTER:-<ClusterName output>} --services ${OUT_SERVICE:-<ServiceName output>} --query 'services[0].events[:10]'
-(and the stopped tasks' stoppedReason: aws ecs list-tasks --desired-status STOPPED, aws ecs describe-tasks)"
+(and the stopped tasks' stoppedReason: aws ecs list-tasks --region $REGION --cluster ${OUT_CLUSTER:-<ClusterName output>} --desired-status STOPPED, then aws ecs describe-tasks with the same --cluster)"
 fi
 
 if [ "$DRY_RUN" = false ]; then

@@ -41,7 +41,7 @@ def accepted(fingerprint=KEY_A, at=NOW, user="tunnel", peer="198.51.100.7:50122"
     line = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.123456Z", time.gmtime(at)), "level": "INFO",
             "event": "auth.accepted", "conn": "c7", "peer": peer, "user": user, "method": "publickey",
             "algorithm": "ssh-ed25519", "fingerprint": fingerprint, "comment": comment,
-            "listed_at": "BASTION_AUTHORIZED_KEYS line 3", "target": "audit"}
+            "listed_at": "BASTION_AUTHORIZED_KEYS:3", "target": "audit"}
     line.update(extra)
     line = {k: v for k, v in line.items() if v is not None}
     line["message"] = f"auth accepted: ssh-ed25519 {fingerprint} ({comment}) for {user!r}"

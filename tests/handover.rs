@@ -396,3 +396,18 @@ fn old_tunnels_drain_on_the_old_task_and_new_connections_reach_the_new_one() {
     let stopped = old_bastion.wait_event("server.stopped", |_| true);
     assert_eq!(stopped["tunnels_cut"], 0, "{stopped}");
 }
+
+#[test]
+fn a_txt_record_at_the_old_marker_name_is_not_a_claim() {
+    // Since 0.2 `a-<name>` is not our marker name: a TXT record there that is
+    // no dns-sidecar marker neither blocks the name nor is touched.
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53, ZONE_NAME);
+    fixture(&["create", &r53.url, &zone, &format!("a-{RECORD}"), "TXT", "\"v=someone-else\""]);
+    let meta = Metadata::start("task-1", "10.0.0.9", 0);
+    let out = sidecar(&r53.url, &zone, &meta, &["--once"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recs = records(&r53, &zone);
+    assert!(recs.contains(&(RECORD.into(), "A".into(), vec!["10.0.0.9".into()], None)), "{recs:?}");
+    assert!(recs.contains(&(format!("a-{RECORD}"), "TXT".into(), vec!["\"v=someone-else\"".into()], None)), "{recs:?}");
+}

@@ -321,13 +321,16 @@ async fn desired_records(cli: &Cli, aws: &Aws, task: Option<&Task>, claim: &Clai
 
 /// Reads every set at the record name and the marker names (all set
 /// identifiers: ownership is decided for the name, not per task) and plans.
-/// The legacy marker name is read only where it can exist: inside the zone.
+/// The legacy marker name is read only where it can exist (inside the
+/// zone), and only dns-sidecar markers there count: since 0.2 the name is
+/// not ours, and any other TXT record at it says nothing about the record.
 async fn plan_for(zone: &Zone, d: &Desired, force: bool) -> Result<Plan, DnsError> {
     let addresses = zone.sets(&d.address.name, d.address.rtype).await?;
     let mut markers = zone.sets(&d.marker.name, d.marker.rtype).await?;
     let legacy = d.legacy_marker_name();
     if zone.contains(&legacy) {
-        markers.extend(zone.sets(&legacy, RecordType::Txt).await?);
+        let sets = zone.sets(&legacy, RecordType::Txt).await?;
+        markers.extend(sets.into_iter().filter(|s| ownership::claim_of(s).is_some()));
     }
     Ok(ownership::plan(d, &addresses, &markers, force))
 }

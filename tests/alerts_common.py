@@ -32,7 +32,7 @@ os.environ.update({
 try:
     import boto3  # noqa: F401
     import jsonpath_ng  # noqa: F401 - a dependency of moto's EventBridge
-    import yaml
+    import yaml  # noqa: F401
     from botocore.exceptions import ClientError  # noqa: F401
     from moto import mock_aws  # noqa: F401
 except ImportError as e:
@@ -47,28 +47,10 @@ LOG_GROUP = "bastion-LogGroup-EXAMPLE"
 
 
 # --- the template ----------------------------------------------------------------------
-class CfnLoader(yaml.SafeLoader):
-    pass
+# Loaded as tests/deploy.sh loads it (the short-form intrinsics as their long form).
+from deploy_template import load_template  # noqa: E402
 
-
-def _tag(loader, suffix, node):
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if suffix in ("Ref", "Condition"):
-        return {suffix: value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    return {"Fn::" + suffix: value}
-
-
-CfnLoader.add_multi_constructor("!", _tag)
-
-with open(TEMPLATE, encoding="utf-8") as f:
-    T = yaml.load(f, Loader=CfnLoader)
+T = load_template(TEMPLATE)
 R = T["Resources"]
 
 

@@ -12,10 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-die() { printf '\ntests/deploy.sh: FAILED: %s\n' "$*" >&2; exit 1; }
-passed=0
-ok() { passed=$((passed + 1)); printf 'ok %d - %s\n' "$passed" "$*"; }
-say() { printf '\n== %s\n' "$*"; }
+NAME=tests/deploy.sh
+# shellcheck source=tests/deploy_lib.sh
+. tests/deploy_lib.sh
 
 for tool in cfn-lint checkov aws moto_server shellcheck python3 dash busybox git; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is not on PATH"
@@ -23,20 +22,6 @@ done
 python3 -c 'import yaml' 2>/dev/null || die "python3 on PATH has no PyYAML (put the venv with cfn-lint first on PATH)"
 DASH=$(command -v dash)
 
-TEMPLATE=deploy/cloudformation/bastion.yaml
-tmp=$(mktemp -d)
-moto_pid=""
-cleanup() {
-  if [[ -n $moto_pid ]]; then kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-# Never use anyone's real AWS configuration or credentials.
-unset AWS_PROFILE AWS_SESSION_TOKEN AWS_SECURITY_TOKEN AWS_ROLE_ARN AWS_WEB_IDENTITY_TOKEN_FILE AWS_ENDPOINT_URL
-export AWS_CONFIG_FILE="$tmp/no-config" AWS_SHARED_CREDENTIALS_FILE="$tmp/no-credentials"
-export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1
-export AWS_EC2_METADATA_DISABLED=true
 
 # --- test values: the stack "bastion" in us-east-1 of account 123456789012 -------------
 REGION=us-east-1
@@ -59,8 +44,7 @@ helper() { python3 tests/deploy_helper.py "$@"; }
 # A stock Mac's stand-ins: push.sh runs under dash (a POSIX sh without bash's extensions), with a
 # PATH of busybox applets (not GNU coreutils) plus git, aws and docker only: no python3.
 bb=$tmp/busybox
-mkdir -p "$bb"
-for applet in $(busybox --list); do ln -s "$(command -v busybox)" "$bb/$applet"; done
+busybox_applets "$bb"
 posix_tools() {  # posix_tools DIR AWS DOCKER: DIR holds git, aws and docker
   mkdir -p "$1"
   ln -sf "$(command -v git)" "$1/git"
@@ -153,8 +137,8 @@ ok "no SecurityGroupIngress depends on AllowedCidrs, directly, through a conditi
 
 # --- push.sh: shellcheck, POSIX ---------------------------------------------------------
 say "shellcheck, POSIX sh"
-shellcheck deploy/*.sh tests/deploy.sh tests/deploy_push.sh || die "shellcheck"
-ok "shellcheck: deploy/*.sh, tests/deploy.sh, tests/deploy_push.sh"
+shellcheck -x deploy/*.sh tests/deploy_lib.sh tests/deploy.sh tests/deploy_push.sh || die "shellcheck"
+ok "shellcheck: deploy/*.sh, tests/deploy_lib.sh, tests/deploy.sh, tests/deploy_push.sh"
 [[ $(head -n1 deploy/push.sh) == "#!/bin/sh" ]] || die "deploy/push.sh must start with #!/bin/sh (shellcheck then checks it as POSIX sh)"
 dash -n deploy/push.sh || die "dash cannot parse deploy/push.sh"
 helper posix-check deploy/push.sh || die "deploy/push.sh is not POSIX sh"

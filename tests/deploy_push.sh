@@ -35,10 +35,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-die() { printf '\ntests/deploy_push.sh: FAILED: %s\n' "$*" >&2; exit 1; }
-passed=0
-ok() { passed=$((passed + 1)); printf 'ok %d - %s\n' "$passed" "$*"; }
-say() { printf '\n== %s\n' "$*"; }
+NAME=tests/deploy_push.sh
+# shellcheck source=tests/deploy_lib.sh
+. tests/deploy_lib.sh
 
 for tool in aws python3 dash busybox git; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is not on PATH"
@@ -47,19 +46,6 @@ python3 -c 'import yaml, boto3, moto' 2>/dev/null || die "python3 on PATH lacks 
 DASH=$(command -v dash)
 
 started=$SECONDS
-TEMPLATE=deploy/cloudformation/bastion.yaml
-tmp=$(mktemp -d)
-moto_pid=""
-cleanup() {
-  if [[ -n $moto_pid ]]; then kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-unset AWS_PROFILE AWS_SESSION_TOKEN AWS_SECURITY_TOKEN AWS_ROLE_ARN AWS_WEB_IDENTITY_TOKEN_FILE
-export AWS_CONFIG_FILE="$tmp/no-config" AWS_SHARED_CREDENTIALS_FILE="$tmp/no-credentials"
-export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1
-export AWS_EC2_METADATA_DISABLED=true
 helper() { python3 tests/deploy_helper.py "$@"; }
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -98,8 +84,8 @@ chmod +x "$tmp/docker"
 export FAKE_DOCKER_LOG=$tmp/docker.log
 
 # push.sh's PATH: busybox applets (not GNU coreutils), git, aws and the fake docker; no python3.
-mkdir -p "$tmp/busybox" "$tmp/tools"
-for applet in $(busybox --list); do ln -s "$(command -v busybox)" "$tmp/busybox/$applet"; done
+busybox_applets "$tmp/busybox"
+mkdir -p "$tmp/tools"
 ln -s "$(command -v git)" "$tmp/tools/git"
 ln -s "$(command -v aws)" "$tmp/tools/aws"
 ln -s "$tmp/docker" "$tmp/tools/docker"

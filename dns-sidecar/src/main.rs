@@ -27,7 +27,7 @@ use tracing_subscriber::EnvFilter;
 
 use cli::{AddressSource, Cli, Healthcheck, LogFormat, Mode};
 use metadata::Task;
-use ownership::{Claim, Desired, Plan, RecordType, check_owner, in_zone, normalize};
+use ownership::{Claim, Desired, Plan, RecordType, check_id, in_zone, normalize};
 use route53::{DnsError, Zone};
 use status::State;
 
@@ -243,13 +243,13 @@ fn claim(cli: &Cli, task: Option<&Task>, started: SystemTime) -> Result<Claim, S
         (None, Some(owner)) => owner,
         (None, None) => return Err("no owner id: give --owner-id (the task metadata has no cluster/family)".into()),
     };
-    check_owner(&owner).map_err(|e| format!("--owner-id: {e}"))?;
+    check_id("owner id", &owner).map_err(|e| format!("--owner-id: {e}"))?;
     let task_id = match (&cli.task_id, task.and_then(Task::task_id)) {
         (Some(id), _) => id.clone(),
         (None, Some(id)) => id.to_string(),
         (None, None) => format!("local-{:08x}", rand::random::<u32>()),
     };
-    check_owner(&task_id).map_err(|e| format!("--task-id: {}", e.replacen("owner id", "task id", 1)))?;
+    check_id("task id", &task_id).map_err(|e| format!("--task-id: {e}"))?;
     Ok(Claim::new(&owner, &task_id, started))
 }
 

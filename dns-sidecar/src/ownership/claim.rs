@@ -104,17 +104,17 @@ impl fmt::Display for Claim {
     }
 }
 
-/// Owner ids are written into the marker: keep them to characters that
-/// cannot be mistaken for its separators or quotes.
-pub fn check_owner(owner: &str) -> Result<(), String> {
-    let ok = !owner.is_empty()
-        && owner.len() <= 200
-        && owner.chars().all(|c| c.is_ascii_alphanumeric() || "._/:@+-".contains(c));
+/// Owner and task ids are written into the marker: keep them to characters
+/// that cannot be mistaken for its separators or quotes. `what` names the
+/// value in the error ("owner id", "task id").
+pub fn check_id(what: &str, id: &str) -> Result<(), String> {
+    let ok =
+        !id.is_empty() && id.len() <= 200 && id.chars().all(|c| c.is_ascii_alphanumeric() || "._/:@+-".contains(c));
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "owner id {owner:?} must be 1 to 200 characters of letters, digits and . _ / : @ + - (it is written \
+            "{what} {id:?} must be 1 to 200 characters of letters, digits and . _ / : @ + - (it is written \
              into the TXT ownership marker)"
         ))
     }
@@ -167,10 +167,11 @@ mod tests {
 
     #[test]
     fn owner_ids_are_checked() {
-        assert!(check_owner("prod/bastion").is_ok());
-        assert!(check_owner("arn:aws:ecs:eu-west-1:111122223333:cluster/x").is_ok());
+        assert!(check_id("owner id", "prod/bastion").is_ok());
+        assert!(check_id("owner id", "arn:aws:ecs:eu-west-1:111122223333:cluster/x").is_ok());
         for bad in ["", "a,b", "a\"b", "a b", "a=b"] {
-            assert!(check_owner(bad).unwrap_err().contains("TXT ownership marker"), "{bad:?}");
+            let e = check_id("task id", bad).unwrap_err();
+            assert!(e.starts_with("task id ") && e.contains("TXT ownership marker"), "{bad:?}: {e}");
         }
     }
 }

@@ -14,7 +14,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::fmt;
 
-pub use claim::{Claim, check_owner, legacy_marker_name, marker_name};
+pub use claim::{Claim, check_id, legacy_marker_name, marker_name};
 
 /// The record types the sidecar writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

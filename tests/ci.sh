@@ -132,13 +132,16 @@ say "supply chain: cargo deny check bans licenses sources (advisories: see SECUR
 cargo deny check --hide-inclusion-graph bans licenses sources
 
 say "cargo fmt --check (our crates; vendor/ keeps upstream's formatting)"
-cargo fmt -p bastion-sshd -p dns-sidecar -p bastion-tests -- --check
+cargo fmt -p bastion-sshd -p dns-sidecar -p bastion -p bastion-common -p bastion-tests -- --check
 
 say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "build the binaries (the end-to-end suites run them)"
-cargo build -p bastion-sshd -p dns-sidecar --locked
+cargo build -p bastion-sshd -p dns-sidecar -p bastion --locked
+
+say "the STS stand-in verifies SigV4 as botocore signs it (tests/sts_standin.py --self-test)"
+"$VENV/bin/python3" tests/sts_standin.py --self-test
 
 say "images: docker/Dockerfile's runtime stages, on a real Docker engine"
 bash tests/images.sh

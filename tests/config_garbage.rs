@@ -306,7 +306,7 @@ fn unreadable_empty_and_huge_authorized_keys_stop_the_server_with_a_reason() {
     std::fs::write(&empty, "").unwrap();
     let huge = dir.path().join("huge");
     std::fs::write(&huge, pattern(50 << 20, 50)).unwrap();
-    let no_key = "no usable authorized key or certificate authority";
+    let no_key = "no usable authorized key, certificate authority or AWS identity rule";
     let d = dir.path();
     let cases = [
         ("a directory", d, format!("keys {}: cannot read: Is a directory (os error 21)", d.display())),

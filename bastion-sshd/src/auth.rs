@@ -40,6 +40,8 @@ pub struct Identity {
     /// When this login stops being valid (a certificate's end, an
     /// `expiry-time=`): the session is closed then, not only refused at the next login.
     pub expires: Option<Expiry>,
+    /// The AWS identity, for a certificate from `bastion login` (its key id).
+    pub arn: Option<String>,
 }
 
 /// The moment a login stops being valid, and what says so.
@@ -115,6 +117,7 @@ pub fn check(
         rights: entry.options.rights.clone(),
         certificate: None,
         expires: Expiry::from_option(entry.options.expiry, "the key's expiry-time"),
+        arn: None,
     })
 }
 
@@ -135,7 +138,7 @@ pub fn recheck(store: &KeyStore, credential: &Credential, peer: IpAddr, now: Sys
 
 /// Before the signature check: is this offer worth a signature check? A
 /// listed key is judged fully. An unlisted one is only worth it when a CA
-/// is trusted, because russh offers a certificate's inner key here without
+/// is trusted (or `--user-ca-key` signs `bastion login` certificates), because russh offers a certificate's inner key here without
 /// the certificate; [`check_certificate`] and [`check`] then decide after
 /// the signature is verified.
 pub fn check_offer(
@@ -148,7 +151,9 @@ pub fn check_offer(
 ) -> Result<(), Refusal> {
     match check(store, user, key, algorithm, peer, now) {
         Ok(_) => Ok(()),
-        Err(refusal) if store.authorized.find(key).is_none() && store.authorized.has_cas() => {
+        Err(refusal)
+            if store.authorized.find(key).is_none() && (store.authorized.has_cas() || store.login_ca.is_some()) =>
+        {
             authorized_keys::check_key_type(key)
                 .and_then(|()| authorized_keys::check_signature_algorithm(algorithm))
                 .map_err(|reason| Refusal { reason, ..refusal })
@@ -175,6 +180,9 @@ pub fn check_certificate(
     if cert.cert_type() != CertType::User {
         return Err(refuse("not a user certificate".into()));
     }
+    if store.login_ca.as_ref() == Some(cert.signature_key()) {
+        return check_login_certificate(store, user, cert, peer, now).map_err(refuse);
+    }
     let Some(ca) = store.authorized.find_ca(cert.signature_key()) else {
         let ca = cert.signature_key().fingerprint(HashAlg::Sha256);
         return Err(refuse(format!("signed by {ca}, which is not a trusted certificate authority")));
@@ -185,18 +193,7 @@ pub fn check_certificate(
     if store.revoked.contains(cert.signature_key()) {
         return Err(refuse(format!("the certificate authority {} is revoked (--revoked-keys)", ca.fingerprint)));
     }
-    // Checked by russh already (with the same allowance for a CA clock that
-    // runs ahead, see vendor/README.md); checked again so that this function
-    // alone is the rule. The end of the window is exact.
-    let unix = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let skew = CERTIFICATE_CLOCK_SKEW.as_secs();
-    if unix.saturating_add(skew) < cert.valid_after() {
-        return Err(refuse("the certificate is not valid yet".into()));
-    }
-    if unix >= cert.valid_before() {
-        return Err(refuse("the certificate has expired".into()));
-    }
-    authorized_keys::check_key_type(&PublicKey::new(cert.public_key().clone(), "")).map_err(refuse)?;
+    check_window_and_key(cert, now).map_err(refuse)?;
     let principals = cert.valid_principals();
     if principals.is_empty() {
         return Err(refuse("the certificate names no principal".into()));
@@ -224,17 +221,7 @@ pub fn check_certificate(
             }
         }
     }
-    for (name, value) in cert.critical_options().iter() {
-        if !KNOWN_CRITICAL_OPTIONS.contains(&name.as_str()) {
-            return Err(refuse(format!("unknown critical option {name:?}")));
-        }
-        if name == "source-address" {
-            let allowed = SourceAddresses::parse(value).map_err(refuse)?;
-            if !allowed.matches(peer) {
-                return Err(refuse(format!("source-address {value:?} does not allow {}", canonical(peer))));
-            }
-        }
-    }
+    check_critical_options(cert, peer).map_err(refuse)?;
     if let Some(reason) = ca.options.refuse_login(peer, now) {
         return Err(refuse(format!("{reason} (on the cert-authority line)")));
     }
@@ -262,6 +249,92 @@ pub fn check_certificate(
             cert.valid_before_time().map(|at| Expiry { at, what: "the certificate" }),
             Expiry::from_option(ca.options.expiry, "the cert-authority line's expiry-time"),
         ),
+        arn: None,
+    })
+}
+
+/// The validity window (checked by russh already, with the same allowance
+/// for a CA clock that runs ahead, see vendor/README.md; checked again so
+/// that this module alone is the rule; the end is exact) and the key type.
+fn check_window_and_key(cert: &Certificate, now: SystemTime) -> Result<(), String> {
+    let unix = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let skew = CERTIFICATE_CLOCK_SKEW.as_secs();
+    if unix.saturating_add(skew) < cert.valid_after() {
+        return Err("the certificate is not valid yet".into());
+    }
+    if unix >= cert.valid_before() {
+        return Err("the certificate has expired".into());
+    }
+    authorized_keys::check_key_type(&PublicKey::new(cert.public_key().clone(), ""))
+}
+
+/// Unknown critical options refuse the certificate (as in OpenSSH);
+/// `source-address` must allow the peer.
+fn check_critical_options(cert: &Certificate, peer: IpAddr) -> Result<(), String> {
+    for (name, value) in cert.critical_options().iter() {
+        if !KNOWN_CRITICAL_OPTIONS.contains(&name.as_str()) {
+            return Err(format!("unknown critical option {name:?}"));
+        }
+        if name == "source-address" {
+            let allowed = SourceAddresses::parse(value)?;
+            if !allowed.matches(peer) {
+                return Err(format!("source-address {value:?} does not allow {}", canonical(peer)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A certificate from this bastion's own `--user-ca-key` (`bastion login`):
+/// its key id is the ARN STS returned, and the identity rule that matches
+/// it *now* decides, so that a rule removed by a reload ends the session.
+/// Any login user name is accepted, as for keys; it is logged, not trusted.
+fn check_login_certificate(
+    store: &KeyStore,
+    user: &str,
+    cert: &Certificate,
+    peer: IpAddr,
+    now: SystemTime,
+) -> Result<Identity, String> {
+    if store.revoked.contains(cert.public_key()) {
+        return Err("the certificate's key is revoked (--revoked-keys)".into());
+    }
+    if store.revoked.contains(cert.signature_key()) {
+        return Err("the user CA (--user-ca-key) is revoked (--revoked-keys)".into());
+    }
+    check_window_and_key(cert, now)?;
+    check_critical_options(cert, peer)?;
+    let arn = cert.key_id();
+    let Some(rule) = store.rules.find(arn) else {
+        return Err(format!("no identity rule matches {arn} (any more)"));
+    };
+    if let Some(reason) = rule.options.refuse_login(peer, now) {
+        return Err(format!("{reason} (identity rule {})", rule.listed_at()));
+    }
+    let mut rights = rule.options.rights.clone();
+    if !cert.extensions().contains_key("permit-port-forwarding") {
+        rights.port_forwarding = false;
+    }
+    let ca_fingerprint = cert.signature_key().fingerprint(HashAlg::Sha256).to_string();
+    Ok(Identity {
+        user: user.to_string(),
+        fingerprint: cert.public_key().fingerprint(HashAlg::Sha256).to_string(),
+        algorithm: cert.algorithm().to_certificate_type(),
+        comment: arn.to_string(),
+        listed_at: rule.listed_at(),
+        rights,
+        certificate: Some(CertInfo {
+            key_id: arn.to_string(),
+            serial: cert.serial(),
+            principals: cert.valid_principals().to_vec(),
+            ca_fingerprint,
+            valid_before: cert.valid_before_time(),
+        }),
+        expires: Expiry::earliest(
+            cert.valid_before_time().map(|at| Expiry { at, what: "the certificate" }),
+            Expiry::from_option(rule.options.expiry, "the identity rule's expiry-time"),
+        ),
+        arn: Some(arn.to_string()),
     })
 }
 

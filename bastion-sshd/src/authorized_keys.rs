@@ -15,7 +15,7 @@ use crate::options::{self, KeyOptions};
 pub const MIN_RSA_BITS: u32 = 2048;
 
 /// Longest line accepted. A 16384-bit RSA key is about 2.8 KB of base64.
-const MAX_LINE_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_LINE_BYTES: usize = 32 * 1024;
 
 /// Where authorized_keys text came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +27,10 @@ pub enum Source {
     CaFile(PathBuf),
     /// The `BASTION_TRUSTED_USER_CA_KEYS` environment variable.
     CaEnv,
+    /// An `--aws-identity-rules` file.
+    RulesFile(PathBuf),
+    /// The `BASTION_AWS_IDENTITY_RULES` environment variable.
+    RulesEnv,
 }
 
 impl fmt::Display for Source {
@@ -36,6 +40,8 @@ impl fmt::Display for Source {
             Source::Env => f.write_str(crate::cli::ENV_AUTHORIZED_KEYS_TEXT),
             Source::CaFile(p) => write!(f, "{}", p.display()),
             Source::CaEnv => f.write_str(crate::cli::ENV_TRUSTED_CA_TEXT),
+            Source::RulesFile(p) => write!(f, "{}", p.display()),
+            Source::RulesEnv => f.write_str(crate::cli::ENV_AWS_IDENTITY_RULES_TEXT),
         }
     }
 }

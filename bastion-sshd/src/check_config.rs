@@ -38,6 +38,27 @@ pub fn run(args: &ServerArgs) -> bool {
             println!("    {line}");
         }
     }
+    match (&loaded.user_ca, &loaded.sts) {
+        (Some(ca), Some(sts)) => {
+            println!("AWS logins (bastion login): on");
+            println!("  user CA: {} from {}", ca.fingerprint, ca.source);
+            println!("  proofs go to: {} (signed for region {}), and nowhere else", sts.url(), sts.region());
+            println!("  certificates live at most {}", humantime::format_duration(args.max_certificate_validity));
+        }
+        (Some(_), None) => println!("AWS logins (bastion login): off, see the problems below"),
+        (None, _) => println!("AWS logins (bastion login): off (no --user-ca-key)"),
+    }
+    let rules = &loaded.keys.rules;
+    println!("AWS identity rules: {}", rules.len());
+    for rule in rules.rules() {
+        println!("  {} ({} line {})", rule.pattern.as_str(), rule.source, rule.line);
+        for line in rule.describe(args.max_certificate_validity) {
+            println!("    {line}");
+        }
+    }
+    if loaded.user_ca.is_some() && rules.is_empty() {
+        println!("  (none: nobody can log in with bastion login; give --aws-identity-rules)");
+    }
     match &loaded.policy.global {
         PermitList::Any => println!("permit open: any host and port outside the denied ranges"),
         PermitList::Only(rules) => {

@@ -15,16 +15,23 @@ pub const ENV_AUTHORIZED_KEYS_TEXT: &str = "BASTION_AUTHORIZED_KEYS";
 pub const ENV_TRUSTED_CA_TEXT: &str = "BASTION_TRUSTED_USER_CA_KEYS_TEXT";
 /// Environment variable holding an OpenSSH private host key *text*.
 pub const ENV_HOST_KEY_TEXT: &str = "BASTION_HOST_KEY";
+/// Environment variable holding the user CA's OpenSSH private key *text*.
+pub const ENV_USER_CA_KEY_TEXT: &str = "BASTION_USER_CA_KEY";
+/// Environment variable holding AWS identity rules *text*.
+pub const ENV_AWS_IDENTITY_RULES_TEXT: &str = "BASTION_AWS_IDENTITY_RULES";
 
 const AFTER_HELP: &str = "\
 Secrets as environment text (for ECS `secrets`):
   BASTION_AUTHORIZED_KEYS  authorized_keys text, in addition to --authorized-keys files
   BASTION_HOST_KEY         an OpenSSH private host key, in addition to --host-key files
   BASTION_TRUSTED_USER_CA_KEYS_TEXT  trusted user CA public keys, in addition to --trusted-user-ca-keys
+  BASTION_USER_CA_KEY      the CA private key that signs `bastion login` certificates (instead of --user-ca-key)
+  BASTION_AWS_IDENTITY_RULES  AWS identity rules, in addition to --aws-identity-rules files
 They are read from the environment only, never from the command line, where
 other processes could read them.
 
-Only public-key authentication and direct-tcpip channels (ssh -L, -D, -J) are
+Only public-key authentication (keys and certificates; `bastion login` gets a
+certificate for an AWS identity) and direct-tcpip channels (ssh -L, -D, -J) are
 served. Shells, commands, sftp/scp, agent, X11 and remote forwarding are refused.";
 
 #[derive(Debug, Parser)]
@@ -104,8 +111,41 @@ pub struct ServerArgs {
     #[arg(long = "revoked-keys", value_name = "PATH", env = "BASTION_REVOKED_KEYS", value_delimiter = ',')]
     pub revoked_keys: Vec<PathBuf>,
 
-    /// How often key files (--authorized-keys, --trusted-user-ca-keys, --revoked-keys) are
-    /// checked for changes; a change reloads them, as SIGHUP does. Live tunnels stay up.
+    /// File of AWS identity rules (repeatable, or comma separated in the env var): who may log
+    /// in with `bastion login`. One rule a line: an ARN pattern (`*`, `?`) matched against the
+    /// ARN that STS returns, then authorized_keys options (permitopen=, from=, expiry-time=,
+    /// restrict, valid-for=). The first matching rule decides. Needs --user-ca-key.
+    #[arg(
+        long = "aws-identity-rules",
+        value_name = "PATH",
+        env = "BASTION_AWS_IDENTITY_RULES_FILE",
+        value_delimiter = ','
+    )]
+    pub aws_identity_rules: Vec<PathBuf>,
+
+    /// OpenSSH private key (Ed25519 or ECDSA) of the CA that signs the certificates `bastion
+    /// login` hands out; the bastion trusts it for logins. Keep it secret like the host key
+    /// (or give its text in BASTION_USER_CA_KEY, an ECS secret).
+    #[arg(long = "user-ca-key", value_name = "PATH", env = "BASTION_USER_CA_KEY_FILE")]
+    pub user_ca_key: Option<PathBuf>,
+
+    /// Where AWS login proofs are sent: the only AWS API this server calls, with the
+    /// client's signature. Default: the regional STS endpoint of AWS_REGION
+    /// (https://sts.REGION.amazonaws.com). Never a host the client names.
+    #[arg(long, value_name = "URL", env = "BASTION_STS_ENDPOINT")]
+    pub sts_endpoint: Option<String>,
+
+    /// The region login proofs are signed for. Default: the region in the --sts-endpoint host
+    /// name, else AWS_REGION or AWS_DEFAULT_REGION.
+    #[arg(long, value_name = "REGION", env = "BASTION_STS_REGION")]
+    pub sts_region: Option<String>,
+
+    /// The longest life of a `bastion login` certificate; a rule's valid-for= is capped by it.
+    #[arg(long, value_name = "DURATION", env = "BASTION_MAX_CERTIFICATE_VALIDITY", default_value = "8h", value_parser = parse_duration)]
+    pub max_certificate_validity: Duration,
+
+    /// How often key files (--authorized-keys, --trusted-user-ca-keys, --revoked-keys,
+    /// --aws-identity-rules) are checked for changes; a change reloads them, as SIGHUP does. Live tunnels stay up.
     #[arg(long, value_name = "DURATION", env = "BASTION_RELOAD_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub reload_poll_interval: Duration,
 

@@ -4,7 +4,9 @@
 use std::env::VarError;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::cli::{ENV_HOST_KEY_TEXT, ServerArgs};
+use crate::aws_login::ca::UserCa;
+use crate::aws_login::sts::Sts;
+use crate::cli::{ENV_HOST_KEY_TEXT, ENV_USER_CA_KEY_TEXT, ServerArgs};
 use crate::hostkey::{self, HostKey, HostKeyError, Source};
 use crate::keys::{KeySources, KeyStore, LoadProblems};
 use crate::limits::Limits;
@@ -52,6 +54,68 @@ pub struct Loaded {
     pub limits: Limits,
     /// Bad `--penalty-exempt` entries.
     pub limit_errors: Vec<String>,
+    /// `--user-ca-key`: AWS logins are on when it is set.
+    pub user_ca: Option<UserCa>,
+    /// Where AWS login proofs go (with `user_ca`).
+    pub sts: Option<Sts>,
+    /// What keeps AWS logins from working: a bad CA key, no STS endpoint.
+    pub aws_errors: Vec<String>,
+}
+
+/// The user CA key and STS endpoint, and what is wrong with them.
+fn load_aws_login(args: &ServerArgs) -> (Option<UserCa>, Option<Sts>, Vec<String>) {
+    let mut errors = Vec::new();
+    let env_text = match std::env::var(ENV_USER_CA_KEY_TEXT) {
+        Ok(text) if text.trim().is_empty() => {
+            errors.push(format!("user CA key {ENV_USER_CA_KEY_TEXT}: set but empty"));
+            None
+        }
+        Ok(text) => Some(text),
+        Err(VarError::NotPresent) => None,
+        Err(VarError::NotUnicode(_)) => {
+            errors.push(format!("user CA key {ENV_USER_CA_KEY_TEXT}: the variable is not UTF-8 text"));
+            None
+        }
+    };
+    let ca = match UserCa::load(args.user_ca_key.as_deref(), env_text.as_deref()) {
+        Ok(ca) => ca,
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    if ca.is_none() {
+        return (None, None, errors);
+    }
+    let region_env = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|r| !r.trim().is_empty()));
+    let endpoint = match (&args.sts_endpoint, &region_env) {
+        (Some(endpoint), _) => endpoint.clone(),
+        (None, Some(region)) => bastion_common::region::sts_endpoint(region.trim()),
+        (None, None) => {
+            errors.push(
+                "--user-ca-key is set, so AWS logins are on, but there is no STS endpoint: set AWS_REGION \
+                 (ECS sets it) or --sts-endpoint"
+                    .into(),
+            );
+            return (ca, None, errors);
+        }
+    };
+    let host = endpoint.split("://").nth(1).unwrap_or("").split(['/', ':']).next().unwrap_or("");
+    let region = args
+        .sts_region
+        .clone()
+        .or_else(|| bastion_common::region::sts_region_of_host(host))
+        .or(region_env)
+        .unwrap_or_default();
+    match Sts::new(&endpoint, region.trim()) {
+        Ok(sts) => (ca, Some(sts), errors),
+        Err(e) => {
+            errors.push(e);
+            (ca, None, errors)
+        }
+    }
 }
 
 impl Loaded {
@@ -67,7 +131,15 @@ impl Loaded {
             host_keys.clear();
             host_key_errors.push(HostKeyError { source: Source::Env, reason: "the variable is not UTF-8 text".into() });
         }
-        let key_sources = KeySources::from_args(args);
+        let (user_ca, sts, mut aws_errors) = load_aws_login(args);
+        let mut key_sources = KeySources::from_args(args);
+        key_sources.login_ca = user_ca.as_ref().map(|ca| ca.public_key().key_data().clone());
+        if let Some(ca) = &user_ca
+            && host_keys.iter().any(|k| k.key.public_key().key_data() == ca.public_key().key_data())
+        {
+            aws_errors
+                .push(format!("the user CA key ({}) is also a host key: give the CA a key of its own", ca.source));
+        }
         let (keys, key_problems) = key_sources.load();
         let listen = if args.listen.is_empty() { Listen::Default } else { Listen::Explicit(args.listen.clone()) };
         let (policy, policy_errors) = match PermitList::parse_list(&args.permit_open.join(",")) {
@@ -112,6 +184,9 @@ impl Loaded {
             policy_errors,
             limits,
             limit_errors,
+            user_ca,
+            sts,
+            aws_errors,
         }
     }
 
@@ -124,6 +199,7 @@ impl Loaded {
         errors.extend(self.policy_errors.iter().cloned());
         errors.extend(self.limit_errors.iter().cloned());
         errors.extend(self.key_problems.fatal.iter().cloned());
+        errors.extend(self.aws_errors.iter().cloned());
         errors
     }
 

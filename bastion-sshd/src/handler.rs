@@ -21,6 +21,7 @@ use crate::policy::{Decision, KeyRights, Policy, Target};
 use crate::resolve::{LookupsByKey, TotalLookups};
 use crate::{session, tunnel};
 
+mod aws_login;
 mod tunnel_task;
 use tunnel_task::{TunnelLog, open_tunnel};
 
@@ -62,6 +63,8 @@ pub struct Shared {
     /// Caps each key's name lookups in flight (4), across its connections,
     /// stuck ones included: one user's dead zone delays no one else (`resolve`).
     pub key_lookups: LookupsByKey,
+    /// AWS-identity logins (`bastion login`); None unless `--user-ca-key` is set.
+    pub aws_login: Option<Arc<crate::aws_login::AwsLogin>>,
 }
 
 /// Server-wide tunnel counts, for the shutdown report.
@@ -183,6 +186,8 @@ pub struct ConnectionHandler {
     /// dropped (which the task also sees) when the connection ends, so that
     /// no tunnel outlives its channel or its connection.
     tunnel_closers: HashMap<ChannelId, oneshot::Sender<()>>,
+    /// Where an AWS login on this connection stands (one per connection).
+    aws_login: aws_login::Step,
 }
 
 impl ConnectionHandler {
@@ -195,6 +200,7 @@ impl ConnectionHandler {
             sessions: HashMap::new(),
             tunnels_requested: 0,
             tunnel_closers: HashMap::new(),
+            aws_login: aws_login::Step::default(),
         }
     }
 
@@ -294,12 +300,19 @@ impl Handler for ConnectionHandler {
         Ok(Auth::reject())
     }
 
+    /// Never advertised. Only `bastion login` asks for it, with its
+    /// submethod, when AWS logins are on (`handler::aws_login`).
     async fn auth_keyboard_interactive<'a>(
         &'a mut self,
         user: &str,
-        _submethods: &str,
-        _response: Option<russh::server::Response<'a>>,
+        submethods: &str,
+        response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        if let Some(login) = self.shared.aws_login.clone()
+            && submethods == bastion_common::login::SUBMETHOD
+        {
+            return Ok(self.aws_login_step(&login, user, response).await);
+        }
         self.refuse_method(user, "keyboard-interactive");
         Ok(Auth::reject())
     }
@@ -409,6 +422,7 @@ impl Handler for ConnectionHandler {
                     cert_principals = %cert.principals.join(","),
                     ca_fingerprint = %cert.ca_fingerprint,
                     listed_at = %identity.listed_at,
+                    arn = identity.arn.as_deref(),
                     "auth accepted: certificate {:?} serial {} ({}) for {user:?}",
                     cert.key_id, cert.serial, principals
                 );

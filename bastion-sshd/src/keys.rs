@@ -8,7 +8,8 @@ use russh::keys::PublicKey;
 use russh::keys::ssh_key::public::KeyData;
 
 use crate::authorized_keys::{AuthorizedKeys, Problem};
-use crate::cli::{ENV_AUTHORIZED_KEYS_TEXT, ENV_TRUSTED_CA_TEXT, ServerArgs};
+use crate::cli::{ENV_AUTHORIZED_KEYS_TEXT, ENV_AWS_IDENTITY_RULES_TEXT, ENV_TRUSTED_CA_TEXT, ServerArgs};
+use crate::identity_rules::IdentityRules;
 
 /// Where keys come from; read again on every reload.
 #[derive(Debug, Clone, Default)]
@@ -20,6 +21,13 @@ pub struct KeySources {
     /// `BASTION_TRUSTED_USER_CA_KEYS`.
     pub ca_env: Option<String>,
     pub revoked_files: Vec<PathBuf>,
+    /// `--aws-identity-rules` files.
+    pub rules_files: Vec<PathBuf>,
+    /// `BASTION_AWS_IDENTITY_RULES`.
+    pub rules_env: Option<String>,
+    /// The public key of `--user-ca-key`, when AWS logins are on: its
+    /// certificates are judged by the identity rules. Fixed at start.
+    pub login_ca: Option<KeyData>,
 }
 
 /// The keys in force.
@@ -28,6 +36,10 @@ pub struct KeyStore {
     /// Login keys and `cert-authority` entries (from authorized_keys and CA files).
     pub authorized: AuthorizedKeys,
     pub revoked: RevokedKeys,
+    /// Who may log in by AWS identity (`--aws-identity-rules`).
+    pub rules: IdentityRules,
+    /// The CA of `bastion login` certificates ([`KeySources::login_ca`]).
+    pub login_ca: Option<KeyData>,
 }
 
 /// What loading found wrong.
@@ -58,19 +70,31 @@ impl KeySources {
             ca_files: args.trusted_user_ca_keys.clone(),
             ca_env: non_empty_env(ENV_TRUSTED_CA_TEXT),
             revoked_files: args.revoked_keys.clone(),
+            rules_files: args.aws_identity_rules.clone(),
+            rules_env: non_empty_env(ENV_AWS_IDENTITY_RULES_TEXT),
+            login_ca: None,
         }
     }
 
     /// Every file this set of keys is read from (watched for changes).
     pub fn files(&self) -> Vec<PathBuf> {
-        self.authorized_files.iter().chain(&self.ca_files).chain(&self.revoked_files).cloned().collect()
+        self.authorized_files
+            .iter()
+            .chain(&self.ca_files)
+            .chain(&self.revoked_files)
+            .chain(&self.rules_files)
+            .cloned()
+            .collect()
     }
 
     pub fn load(&self) -> (KeyStore, LoadProblems) {
         let mut authorized = AuthorizedKeys::load(&self.authorized_files, self.authorized_env.as_deref());
         authorized.load_cas(&self.ca_files, self.ca_env.as_deref());
+        let mut rules = IdentityRules::load(&self.rules_files, self.rules_env.as_deref());
         let mut problems = LoadProblems { skipped: std::mem::take(&mut authorized.skipped), fatal: Vec::new() };
+        problems.skipped.append(&mut rules.skipped);
         problems.fatal.extend(authorized.unreadable.drain(..).map(|p| format!("keys {p}")));
+        problems.fatal.extend(rules.unreadable.drain(..).map(|p| format!("identity rules {p}")));
         let revoked = match RevokedKeys::load(&self.revoked_files) {
             Ok(revoked) => revoked,
             Err(errors) => {
@@ -78,14 +102,22 @@ impl KeySources {
                 RevokedKeys::default()
             }
         };
-        if authorized.is_empty() {
+        let rules_configured = !self.rules_files.is_empty() || self.rules_env.is_some();
+        if rules_configured && self.login_ca.is_none() {
+            problems.fatal.push(
+                "--aws-identity-rules is set but --user-ca-key (or BASTION_USER_CA_KEY) is not: \
+                 AWS logins need a CA to sign their certificates"
+                    .into(),
+            );
+        }
+        if authorized.is_empty() && (rules.is_empty() || self.login_ca.is_none()) {
             problems.fatal.push(format!(
-                "no usable authorized key or certificate authority: give --authorized-keys PATH (or \
-                 BASTION_AUTHORIZED_KEYS_FILE), the keys themselves in {ENV_AUTHORIZED_KEYS_TEXT}, or \
-                 --trusted-user-ca-keys"
+                "no usable authorized key, certificate authority or AWS identity rule: give --authorized-keys PATH \
+                 (or BASTION_AUTHORIZED_KEYS_FILE), the keys themselves in {ENV_AUTHORIZED_KEYS_TEXT}, \
+                 --trusted-user-ca-keys, or --aws-identity-rules with --user-ca-key"
             ));
         }
-        (KeyStore { authorized, revoked }, problems)
+        (KeyStore { authorized, revoked, rules, login_ca: self.login_ca.clone() }, problems)
     }
 }
 

@@ -6,12 +6,14 @@
 
 pub mod auth;
 pub mod authorized_keys;
+pub mod aws_login;
 pub mod check_config;
 pub mod cli;
 pub mod config;
 pub mod handler;
 pub mod healthcheck;
 pub mod hostkey;
+pub mod identity_rules;
 pub mod interfaces;
 pub mod keygen;
 pub mod keys;

@@ -159,7 +159,7 @@ impl KeyOptions {
 
 /// The characters of `text` outside double quotes, with their byte offsets
 /// (`\"` inside quotes does not end them), and whether every quote was closed.
-fn outside_quotes(text: &str) -> (Vec<(usize, char)>, bool) {
+pub(crate) fn outside_quotes(text: &str) -> (Vec<(usize, char)>, bool) {
     let mut out = Vec::new();
     let mut quoted = false;
     let mut escaped = false;
@@ -176,7 +176,7 @@ fn outside_quotes(text: &str) -> (Vec<(usize, char)>, bool) {
 }
 
 /// Splits `a,b="x,y",c` at commas outside double quotes.
-fn split_options(field: &str) -> Result<Vec<&str>, String> {
+pub(crate) fn split_options(field: &str) -> Result<Vec<&str>, String> {
     let (outside, closed) = outside_quotes(field);
     if !closed {
         return Err("unterminated quote in options".into());
@@ -263,6 +263,11 @@ impl FromList {
         Ok(Self { patterns, text: text.to_string() })
     }
 
+    /// The list as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     /// OpenSSH's match_host_and_ip: a matching negated pattern refuses at
     /// once; otherwise any matching pattern allows. Host names are not
     /// looked up (sshd's UseDNS no), so only addresses match.
@@ -288,7 +293,7 @@ impl FromList {
 /// on a mismatch, only the most recent `*` takes one more character. (A
 /// recursive version backtracks exponentially on patterns like
 /// `*a*a*a*a*a*b`; the fuzzer found that, see SECURITY.md.)
-fn wildcard(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn wildcard(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     // After the last `*` seen: where the pattern resumes, and how much text the `*` took.
     let mut star: Option<(usize, usize)> = None;

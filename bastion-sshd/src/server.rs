@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use russh::keys::Algorithm;
+use russh::keys::{Algorithm, HashAlg};
 use russh::server::Config;
 use russh::{Disconnect, MethodKind, MethodSet, Preferred, SshId, cipher, kex, mac};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::auth;
+use crate::aws_login::AwsLogin;
 use crate::cli::ServerArgs;
 use crate::config::{Listen, Loaded};
 use crate::handler::{Connection, ConnectionHandler, Drain, Shared, Signals, TunnelStats};
@@ -236,6 +237,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         hup,
         generation_tx,
     ));
+    let aws_login = aws_login(&args, &mut loaded, &host_keys, live_keys.get().rules.len());
     // Some(deadline) once the server is stopping: tunnels may finish until then.
     let (drain_tx, drain_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
@@ -250,6 +252,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         tunnels: TunnelStats::default(),
         lookups: crate::resolve::TotalLookups::default(),
         key_lookups: crate::resolve::LookupsByKey::default(),
+        aws_login,
     });
     let deadlines = Arc::new(Deadlines {
         login_grace_time: args.login_grace_time,
@@ -305,6 +308,24 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         "stopped: {open} tunnel(s) open at {signal}, {drained} finished, {cut} cut at the drain timeout"
     );
     Ok(())
+}
+
+/// AWS logins, when `--user-ca-key` is set (`config` has checked the rest).
+fn aws_login(args: &ServerArgs, loaded: &mut Loaded, host_keys: &[HostKey], rules: usize) -> Option<Arc<AwsLogin>> {
+    let (ca, sts) = (loaded.user_ca.take()?, loaded.sts.take()?);
+    let fingerprints = host_keys.iter().map(|k| k.key.public_key().fingerprint(HashAlg::Sha256).to_string()).collect();
+    info!(
+        event = "aws_login.enabled",
+        ca_fingerprint = %ca.fingerprint,
+        ca_source = %ca.source,
+        sts_endpoint = %sts.url(),
+        sts_region = %sts.region(),
+        rules,
+        max_certificate_validity = %humantime::format_duration(args.max_certificate_validity),
+        "AWS logins on: proofs go to {} only; certificates signed by {} ({rules} identity rule(s))",
+        sts.url(), ca.fingerprint
+    );
+    Some(Arc::new(AwsLogin::new(sts, ca, &args.name, fingerprints, args.max_certificate_validity)))
 }
 
 /// Serves one SSH connection from accept to close.

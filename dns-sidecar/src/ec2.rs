@@ -157,7 +157,7 @@ impl Ec2 {
             .ok_or("no AWS credentials provider (the task role is missing?)".to_string())?;
         let endpoint = std::env::var("AWS_ENDPOINT_URL_EC2")
             .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-            .unwrap_or_else(|_| format!("https://ec2.{region}.{}", crate::region::dns_suffix(&region)));
+            .unwrap_or_else(|_| format!("https://ec2.{region}.{}", bastion_common::region::dns_suffix(&region)));
         Ok(Self { http, endpoint, region, credentials })
     }
 

@@ -8,7 +8,7 @@ mod ec2;
 mod endpoint;
 mod metadata;
 mod ownership;
-mod region;
+use bastion_common::region;
 mod route53;
 mod status;
 

@@ -6,6 +6,7 @@
 
 pub mod aws;
 pub mod sidecar;
+pub mod sts;
 pub mod vpc;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,6 +37,11 @@ pub fn bastion_bin() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The `tests/` directory (its Python helpers live there).
+pub fn tests_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A temporary directory bastion-sshd can still read after giving up root.

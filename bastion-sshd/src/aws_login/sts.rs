@@ -1,0 +1,208 @@
+//! The one AWS API the bastion calls: `sts:GetCallerIdentity`, with a
+//! request the client signed, sent to the STS endpoint of the bastion's own
+//! configuration. The bastion holds no AWS credentials; the signature is the
+//! client's.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use quick_xml::de::from_str;
+use serde::Deserialize;
+
+/// How long STS may take to answer.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where proofs go.
+#[derive(Debug, Clone)]
+pub struct Sts {
+    http: reqwest::Client,
+    /// `https://sts.REGION.amazonaws.com/` or `--sts-endpoint`.
+    url: reqwest::Url,
+    /// `host[:port]` of `url`: what a proof must be signed for.
+    host: String,
+    /// The region proofs are signed for.
+    region: String,
+}
+
+/// Who signed the proof, as STS says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub arn: String,
+    pub account: String,
+    pub user_id: String,
+}
+
+/// Why STS gave no identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StsError {
+    /// STS refused the request: the proof is at fault (bad signature, expired token…).
+    Refused { code: String, message: String },
+    /// STS could not be asked, or failed: not the user's fault.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for StsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StsError::Refused { code, message } => write!(f, "STS refused the proof: {code}: {message}"),
+            StsError::Unavailable(why) => write!(f, "STS is unavailable: {why}"),
+        }
+    }
+}
+
+impl Sts {
+    /// `endpoint` must be https, or http to a loopback address (a test stand-in).
+    pub fn new(endpoint: &str, region: &str) -> Result<Self, String> {
+        let url = reqwest::Url::parse(endpoint).map_err(|e| format!("--sts-endpoint {endpoint:?}: {e}"))?;
+        let host_name = url.host_str().ok_or_else(|| format!("--sts-endpoint {endpoint:?} has no host"))?;
+        let loopback =
+            host_name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            scheme => {
+                return Err(format!(
+                    "--sts-endpoint {endpoint:?}: {scheme}:// is not allowed; use https:// (http:// only to a loopback address)"
+                ));
+            }
+        }
+        if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
+            return Err(format!("--sts-endpoint {endpoint:?}: give scheme, host and port only"));
+        }
+        let host = match url.port() {
+            Some(port) => format!("{host_name}:{port}"),
+            None => host_name.to_string(),
+        };
+        if region.is_empty() {
+            return Err("no STS region: set AWS_REGION (ECS sets it) or --sts-region".into());
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(TIMEOUT)
+            .build()
+            .map_err(|e| format!("cannot build the HTTPS client: {e}"))?;
+        Ok(Self { http, url, host, region: region.to_string() })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    pub fn url(&self) -> &str {
+        self.url.as_str()
+    }
+
+    /// Sends the client's signed request; the ARN of whoever signed it.
+    pub async fn get_caller_identity(&self, headers: &[(String, String)], body: &str) -> Result<Caller, StsError> {
+        let mut request = self.http.post(self.url.clone()).body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = request.send().await.map_err(|e| StsError::Unavailable(format!("{}: {e}", self.url)))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| StsError::Unavailable(format!("reading the answer: {e}")))?;
+        if status.is_success() {
+            return parse_caller(&text).map_err(StsError::Unavailable);
+        }
+        match parse_error(&text) {
+            Some((code, message)) if status.is_client_error() => Err(StsError::Refused { code, message }),
+            Some((code, message)) => Err(StsError::Unavailable(format!("HTTP {status}: {code}: {message}"))),
+            None => Err(StsError::Unavailable(format!("HTTP {status}"))),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Response {
+    #[serde(rename = "GetCallerIdentityResult")]
+    result: ResultFields,
+}
+
+#[derive(Debug, Deserialize)]
+struct ResultFields {
+    #[serde(rename = "Arn")]
+    arn: String,
+    #[serde(rename = "Account", default)]
+    account: String,
+    #[serde(rename = "UserId", default)]
+    user_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorResponse {
+    #[serde(rename = "Error")]
+    error: ErrorFields,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorFields {
+    #[serde(rename = "Code", default)]
+    code: String,
+    #[serde(rename = "Message", default)]
+    message: String,
+}
+
+/// A GetCallerIdentity answer. The ARN must look like one.
+fn parse_caller(xml: &str) -> Result<Caller, String> {
+    let response: Response = from_str(xml).map_err(|e| format!("unexpected GetCallerIdentity answer: {e}"))?;
+    let ResultFields { arn, account, user_id } = response.result;
+    let arn = arn.trim().to_string();
+    if !arn.starts_with("arn:") || arn.len() > 2048 || arn.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("STS returned {arn:?} as the ARN"));
+    }
+    Ok(Caller { arn, account: account.trim().to_string(), user_id: user_id.trim().to_string() })
+}
+
+/// The code and message of an STS error answer, trimmed for one log line.
+fn parse_error(xml: &str) -> Option<(String, String)> {
+    let response: ErrorResponse = from_str(xml).ok()?;
+    let clip = |s: String| s.trim().chars().take(300).collect::<String>();
+    Some((clip(response.error.code), clip(response.error.message)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_read_like_sts_writes_them() {
+        let xml = r#"<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <GetCallerIdentityResult>
+    <Arn>arn:aws:sts::111122223333:assumed-role/AWSReservedSSO_DBAccess_0a1b/alice@example.com</Arn>
+    <UserId>AROAEXAMPLE:alice@example.com</UserId>
+    <Account>111122223333</Account>
+  </GetCallerIdentityResult>
+  <ResponseMetadata><RequestId>01234567-89ab-cdef-0123-456789abcdef</RequestId></ResponseMetadata>
+</GetCallerIdentityResponse>"#;
+        let caller = parse_caller(xml).unwrap();
+        assert_eq!(caller.arn, "arn:aws:sts::111122223333:assumed-role/AWSReservedSSO_DBAccess_0a1b/alice@example.com");
+        assert_eq!(caller.account, "111122223333");
+        assert!(parse_caller(&xml.replace("<Arn>arn:", "<Arn>nonsense ")).is_err());
+        assert!(parse_caller("<html>captive portal</html>").is_err());
+        let error = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <Error><Type>Sender</Type><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error>
+  <RequestId>x</RequestId></ErrorResponse>"#;
+        assert_eq!(
+            parse_error(error),
+            Some(("SignatureDoesNotMatch".into(), "The request signature we calculated does not match".into()))
+        );
+    }
+
+    #[test]
+    fn endpoints_must_be_https_except_to_loopback() {
+        let sts = Sts::new("https://sts.eu-west-1.amazonaws.com", "eu-west-1").unwrap();
+        assert_eq!((sts.host(), sts.url()), ("sts.eu-west-1.amazonaws.com", "https://sts.eu-west-1.amazonaws.com/"));
+        assert_eq!(Sts::new("http://127.0.0.1:4566", "us-east-1").unwrap().host(), "127.0.0.1:4566");
+        assert!(Sts::new("http://[::1]:4566/", "us-east-1").is_ok());
+        let plain = Sts::new("http://sts.eu-west-1.amazonaws.com", "eu-west-1").unwrap_err();
+        assert!(plain.contains("http:// only to a loopback address"), "{plain}");
+        assert!(
+            Sts::new("https://sts.amazonaws.com/some/path", "us-east-1").unwrap_err().contains("host and port only")
+        );
+        assert!(Sts::new("https://sts.amazonaws.com", "").unwrap_err().contains("no STS region"));
+    }
+}

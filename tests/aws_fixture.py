@@ -119,6 +119,11 @@ def main(argv):
         except r53.exceptions.ClientError as e:
             error = e.response["Error"]
             print(json.dumps({"error": f"{error['Code']}: {error['Message']}"}))
+    elif command == "put-parameter":
+        ssm = client("ssm", endpoint)
+        name, value = argv[3:5]
+        ssm.put_parameter(Name=name, Value=value, Type="String", Overwrite=True)
+        print(json.dumps({"name": name}))
     else:
         raise SystemExit(f"unknown command {command!r}")
 

@@ -204,6 +204,50 @@ fn a_wrong_or_unknown_host_key_stops_the_login_before_anything_reaches_the_basti
 }
 
 #[test]
+fn trust_from_ssm_records_the_published_host_key_and_refuses_one_that_disagrees() {
+    let echo = EchoServer::start();
+    let b = AwsBastion::start(&rules(&echo), &[]);
+    let moto = bastion_tests::aws::Emulator::moto();
+    let name = "/bastion/host-public-key";
+    bastion_tests::aws::fixture(&["put-parameter", &moto.url, name, &b.server.host_public_key]);
+    let known_hosts = b.dir.path().join(".ssh/known_hosts");
+    let login = |known: &std::path::Path, parameter: &str| {
+        let mut cmd = b.login_command(&b.server, known);
+        credentials(&mut cmd, &ALICE);
+        cmd.env("AWS_ENDPOINT_URL_SSM", &moto.url).args(["--trust-from-ssm", parameter]);
+        let identity = b.dir.path().join(format!("id_ssm_{}", unique()));
+        let out = cmd.arg("--identity-file").arg(&identity).arg("127.0.0.1").output().unwrap();
+        (out, identity)
+    };
+    // No known_hosts yet: the key comes from SSM, is recorded, and the login goes on.
+    let (out, identity) = login(&known_hosts, name);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("recorded ssh-ed25519 SHA256:")), "{stderr}");
+    assert!(stdout.contains(&format!("logged in as {}", ALICE.arn)), "{stdout}");
+    assert!(identity.exists());
+    let recorded = std::fs::read_to_string(&known_hosts).unwrap();
+    assert_eq!(recorded, format!("[127.0.0.1]:{} {}\n", b.server.addr.port(), b.server.host_public_key));
+    // Again: nothing is added twice.
+    assert!(login(&known_hosts, name).0.status.success());
+    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), recorded);
+
+    // The parameter disagrees with known_hosts: stop, name both, send nothing.
+    let other = ClientKey::generate(b.dir.path(), "replaced", "ed25519", None);
+    bastion_tests::aws::fixture(&["put-parameter", &moto.url, name, &other.public_line]);
+    let requests = b.sts.requests().len();
+    let (out, identity) = login(&known_hosts, name);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("lists another host key for") && stderr.contains("ssh-keygen -R"), "{stderr}");
+    assert!(!identity.exists());
+    assert_eq!(b.sts.requests().len(), requests, "a proof was sent");
+    // A missing parameter is named.
+    let (out, _) = login(&b.dir.path().join("kh2"), "/bastion/nope");
+    assert!(text(&out).1.contains("ParameterNotFound"), "{}", text(&out).1);
+}
+
+#[test]
 fn a_rules_permitopen_narrows_the_certificates_tunnels() {
     let allowed = EchoServer::start();
     let other = EchoServer::start();
@@ -264,6 +308,12 @@ fn authorized_keys_logins_keep_working_beside_aws_logins() {
     assert_tunnel_works(&ssh, ports[0]);
     let accepted = b.server.wait_event("auth.accepted", |e| e["comment"] == "ops@test");
     assert!(accepted.get("arn").is_none(), "{accepted}");
+    // keyboard-interactive is never offered, so stock ssh never prompts for a proof.
+    let stranger = ClientKey::generate(dir.path(), "stranger", "ed25519", None);
+    let out = b.server.ssh_output(&stranger, &["-v", &b.server.destination("someone"), "true"]);
+    let log = String::from_utf8_lossy(&out.stderr).replace('\r', "");
+    assert!(log.contains("Authentications that can continue: publickey\n"), "{log}");
+    assert!(!log.contains("keyboard-interactive"), "{log}");
     let (out, _) = b.login(&ALICE, &[]);
     assert!(out.status.success(), "{}", text(&out).1);
 }
@@ -337,4 +387,97 @@ fn login_agent_adds_the_certificate_to_ssh_agent_and_config_writes_a_working_sta
     let ssh = Proc::spawn(ssh, Stdio::null());
     assert!(wait_forwards(&ssh, &[port]), "{}", ssh.stderr().text());
     assert_tunnel_works(&ssh, port);
+}
+
+#[test]
+fn the_session_closes_when_the_certificate_expires() {
+    let echo = EchoServer::start();
+    let b = AwsBastion::start(&rules(&echo), &["--max-certificate-validity", "4s"]);
+    let (out, identity) = b.login(&ALICE, &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("(3s)") || stdout.contains("(4s)"), "capped by --max-certificate-validity: {stdout}");
+    let (mut ssh, ports) = b.server.tunnel(&AwsBastion::key(&identity), &[("127.0.0.1", echo.addr.port())], &[]);
+    assert_tunnel_works(&ssh, ports[0]);
+    let expired = b.server.wait_event("session.expired", |_| true);
+    assert_eq!(expired["expired"], "the certificate");
+    assert!(ssh.wait_exit(Duration::from_secs(20)).is_some(), "ssh still connected after the certificate expired");
+    // And the certificate no longer logs in.
+    let again = b.server.ssh_output(&AwsBastion::key(&identity), &[&b.server.destination("tunnel"), "true"]);
+    assert_eq!(again.status.code(), Some(255), "{}", String::from_utf8_lossy(&again.stderr));
+}
+
+#[test]
+fn check_config_lists_the_rules_and_every_problem_with_its_source_and_line() {
+    let dir = tempdir();
+    let ca = ClientKey::generate(dir.path(), "ca", "ed25519", None);
+    let rules = dir.path().join("rules");
+    std::fs::write(
+        &rules,
+        "arn:aws:iam::111122223333:user/alice permitopen=\"db.internal:5432\",valid-for=12h\n\
+         arn:aws:iam::*:user/bob\n\
+         arn:aws:iam::111122223333:user/carol frobnicate\n",
+    )
+    .unwrap();
+    let check = |extra: &[&str]| {
+        let out = Command::new(bastion_bin())
+            .args(["check-config", "--aws-identity-rules"])
+            .arg(&rules)
+            .args(extra)
+            .env_remove("BASTION_USER_CA_KEY")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let ca_path = ca.private.to_str().unwrap();
+    let (code, out) = check(&["--user-ca-key", ca_path, "--sts-endpoint", "https://sts.eu-west-1.amazonaws.com"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("AWS logins (bastion login): on"), "{out}");
+    assert!(
+        out.contains(
+            "proofs go to: https://sts.eu-west-1.amazonaws.com/ (signed for region eu-west-1), and nowhere else"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("AWS identity rules: 1"), "{out}");
+    assert!(out.contains(&format!("arn:aws:iam::111122223333:user/alice ({} line 1)", rules.display())), "{out}");
+    assert!(out.contains("tunnels: only db.internal:5432"), "{out}");
+    assert!(out.contains("certificates valid for 8h (valid-for=12h, capped by --max-certificate-validity)"), "{out}");
+    let line2 = format!("{} line 2: ARN pattern \"arn:aws:iam::*:user/bob\" has account \"*\"", rules.display());
+    assert!(out.contains(&line2), "{out}");
+    assert!(out.contains(&format!("{} line 3: option \"frobnicate\" is not allowed", rules.display())), "{out}");
+
+    // Rules without a CA, a CA without an STS endpoint, plain http to a remote STS: each named.
+    let (code, out) = check(&[]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("--aws-identity-rules is set but --user-ca-key"), "{out}");
+    let (_, out) = check(&["--user-ca-key", ca_path]);
+    assert!(out.contains("there is no STS endpoint: set AWS_REGION (ECS sets it) or --sts-endpoint"), "{out}");
+    let (_, out) = check(&["--user-ca-key", ca_path, "--sts-endpoint", "http://sts.eu-west-1.amazonaws.com"]);
+    assert!(out.contains("http:// only to a loopback address"), "{out}");
+    let (_, out) =
+        check(&["--user-ca-key", ca_path, "--host-key", ca_path, "--sts-endpoint", "https://sts.amazonaws.com"]);
+    assert!(out.contains("is also a host key: give the CA a key of its own"), "{out}");
+    let (_, out) = check(&["--user-ca-key", rules.to_str().unwrap(), "--sts-endpoint", "https://sts.amazonaws.com"]);
+    assert!(out.contains(&format!("user CA key {}: not an OpenSSH private key", rules.display())), "{out}");
+}
+
+#[test]
+fn a_refused_proof_penalizes_its_source_and_a_login_does_not() {
+    let echo = EchoServer::start();
+    let b = AwsBastion::start(&rules(&echo), &["--penalty", "30s"]);
+    let (out, _) = b.login(&ALICE, &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    b.server.wait_event("connection.closed", |_| true);
+    assert!(b.server.events("source.penalized").is_empty(), "a good login was penalized");
+    let (out, _) = b.login(&CAROL, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let penalized = b.server.wait_event("source.penalized", |_| true);
+    assert_eq!(penalized["seconds"], 30);
+    // The next login from that source is refused at the door.
+    let (out, identity) = b.login(&ALICE, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out).0);
+    assert!(!identity.exists());
 }

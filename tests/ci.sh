@@ -137,6 +137,11 @@ cargo fmt -p bastion-sshd -p dns-sidecar -p bastion -p bastion-common -p bastion
 say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+say "bastion-sshd holds no AWS credentials: no AWS SDK, signer or credential crate in its dependencies"
+if cargo tree -p bastion-sshd -e normal --locked --prefix none | grep -E '^aws-(config|sigv4|credential-types|sdk-|smithy)'; then
+  die "bastion-sshd depends on an AWS credential or signing crate (above); it must call STS only with the client's signature"
+fi
+
 say "build the binaries (the end-to-end suites run them)"
 cargo build -p bastion-sshd -p dns-sidecar -p bastion --locked
 

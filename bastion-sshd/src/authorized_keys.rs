@@ -33,6 +33,16 @@ pub enum Source {
     RulesEnv,
 }
 
+impl Source {
+    /// What the source holds, for messages: `keys` or `identity rules`.
+    pub fn what(&self) -> &'static str {
+        match self {
+            Source::RulesFile(_) | Source::RulesEnv => "identity rules",
+            _ => "keys",
+        }
+    }
+}
+
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -9,7 +9,7 @@ use crate::policy::{DENIED_V4, DENIED_V6, PermitList};
 pub fn run(args: &ServerArgs) -> bool {
     let loaded = Loaded::load(args);
     let mut problems: Vec<String> = loaded.fatal_errors();
-    problems.extend(loaded.key_problems.skipped.iter().map(|p| format!("keys {p} (line skipped)")));
+    problems.extend(loaded.key_problems.skipped.iter().map(|p| format!("{} {p} (line skipped)", p.source.what())));
 
     match &loaded.listen {
         Listen::Default => println!("listen: [::]:22 (default; 0.0.0.0:22 where IPv6 is off)"),

@@ -57,7 +57,7 @@ impl LoadProblems {
     pub fn log_skipped(&self) {
         for problem in &self.skipped {
             tracing::warn!(event = "config.problem", source = %problem.source, line = problem.line,
-                reason = %problem.reason, "keys {problem} (line skipped)");
+                reason = %problem.reason, "{} {problem} (line skipped)", problem.source.what());
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct LoginArgs {
     pub agent: bool,
     /// STS hosts the user allows besides AWS's own (`--sts-host`).
     pub sts_hosts: Vec<String>,
+    /// `--trust-from-ssm`: the SSM parameter with the bastion's public host key.
+    pub trust_from_ssm: Option<String>,
 }
 
 /// What the russh client needs: the host keys it may accept, and the one it did.
@@ -79,11 +81,16 @@ impl client::Handler for Client {
 }
 
 pub async fn run(args: &LoginArgs) -> anyhow::Result<()> {
+    let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    if let Some(name) = &args.trust_from_ssm {
+        let key = crate::ssm::host_key(&config, name).await?;
+        crate::ssm::record(&args.known_hosts, &args.host, args.port, &key, &format!("SSM parameter {name}"))?;
+    }
     let known = Known::load(&args.known_hosts, &args.host, args.port).map_err(anyhow::Error::msg)?;
     if known.keys.is_empty() {
         bail!(known.unknown_message(&args.host));
     }
-    let credentials = credentials().await?;
+    let credentials = credentials(&config).await?;
     let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).context("generating a key")?;
     let public = key.public_key().to_openssh().context("encoding the public key")?;
     let outcome = tokio::time::timeout(TIMEOUT, exchange(args, known, &credentials, &key, &public))
@@ -122,7 +129,9 @@ fn print_outcome(outcome: &Outcome, lifetime: Duration, stored: &str) {
         [any] if any == "any" => "any destination the bastion allows".to_string(),
         list => list.join(", "),
     };
-    let hours = humantime::format_duration(Duration::from_secs((lifetime.as_secs() + 30) / 60 * 60));
+    // Whole minutes, unless it is that short.
+    let secs = lifetime.as_secs();
+    let hours = humantime::format_duration(Duration::from_secs(if secs >= 120 { (secs + 30) / 60 * 60 } else { secs }));
     println!("certificate valid until {} ({hours}); tunnels: {tunnels}", humantime::format_rfc3339_seconds(until));
     println!("{stored}");
 }
@@ -132,8 +141,7 @@ fn now_secs() -> u64 {
 }
 
 /// The standard AWS chain: environment, profile (AWS_PROFILE), SSO cache, credential_process, roles.
-async fn credentials() -> anyhow::Result<aws_credential_types::Credentials> {
-    let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+async fn credentials(config: &aws_config::SdkConfig) -> anyhow::Result<aws_credential_types::Credentials> {
     let provider = config
         .credentials_provider()
         .context("no AWS credentials provider: set AWS_PROFILE, run `aws sso login`, or set AWS_ACCESS_KEY_ID")?;

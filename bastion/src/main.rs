@@ -13,6 +13,7 @@ mod files;
 mod known_hosts;
 mod login;
 mod proof;
+mod ssm;
 
 #[derive(Debug, Parser)]
 #[command(name = "bastion", version, about = "Log in to a Fargate bastion with your AWS identity; then use plain ssh")]
@@ -56,6 +57,11 @@ struct LoginCli {
     /// Add key and certificate to ssh-agent, for the certificate's lifetime, instead of writing files.
     #[arg(long)]
     agent: bool,
+
+    /// Read the bastion's public host key from this SSM parameter (which the stack writes
+    /// and IAM guards) and record it in known_hosts before logging in.
+    #[arg(long, value_name = "PARAMETER")]
+    trust_from_ssm: Option<String>,
 
     /// An STS host, besides AWS's own, that the bastion may ask proofs to be signed for
     /// (a VPC endpoint name, a test stand-in). Repeatable.
@@ -104,6 +110,7 @@ fn run_login(args: LoginCli) -> anyhow::Result<()> {
         identity_file,
         agent: args.agent,
         sts_hosts: args.sts_hosts,
+        trust_from_ssm: args.trust_from_ssm,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(login::run(&login))

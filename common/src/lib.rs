@@ -2,9 +2,13 @@
 //! - [`login`]: the AWS-identity login protocol spoken by `bastion login`
 //!   (the laptop) and `bastion-sshd` (the server);
 //! - [`region`]: what an AWS region says about its partition and endpoints
-//!   (`dns-sidecar`, `bastion-sshd`'s default STS endpoint).
+//!   (`dns-sidecar`, `bastion-sshd`'s default STS endpoint);
+//! - [`signed`] (feature `signed`): one SigV4-signed AWS request, for the
+//!   binaries that hold credentials (dns-sidecar, bastion), never bastion-sshd.
 //!
-//! No network and no AWS SDK here: both sides stay testable without either.
+//! The protocol and the region rules need no network and no AWS SDK.
 
 pub mod login;
 pub mod region;
+#[cfg(feature = "signed")]
+pub mod signed;

@@ -4,16 +4,14 @@
 //! the same CIDR, so several interfaces may hold that IP: the answer is
 //! matched on the MAC address the task metadata gives. (The `mac-address`
 //! filter would do it server-side, but the filter on the answer works
-//! everywhere, moto included, which does not implement that filter.) A signed Query request (aws-sigv4, the SDK's own
-//! signer) parsed with quick-xml: aws-sdk-ec2 would cost ~15 minutes of
-//! release build on 2 cores for this single call.
+//! everywhere, moto included, which does not implement that filter.) A signed Query request
+//! (`bastion_common::signed`: aws-sigv4, the SDK's own signer) parsed with quick-xml:
+//! aws-sdk-ec2 would cost ~15 minutes of release build on 2 cores for this single call.
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4;
+use bastion_common::signed::SignedClient;
 use serde::Deserialize;
 use tracing::warn;
 
@@ -23,11 +21,10 @@ const API_VERSION: &str = "2016-11-15";
 const ATTEMPTS: u32 = 6;
 
 pub struct Ec2 {
-    http: reqwest::Client,
+    /// Signs with the task role, for the task's region (`bastion_common::signed`).
+    client: SignedClient,
     /// `https://ec2.<region>.amazonaws.com` (`.com.cn` in China), or the `AWS_ENDPOINT_URL_EC2` / `AWS_ENDPOINT_URL` override.
     endpoint: String,
-    region: String,
-    credentials: SharedCredentialsProvider,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,10 +152,8 @@ impl Ec2 {
         let credentials = config
             .credentials_provider()
             .ok_or("no AWS credentials provider (the task role is missing?)".to_string())?;
-        let endpoint = std::env::var("AWS_ENDPOINT_URL_EC2")
-            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-            .unwrap_or_else(|_| format!("https://ec2.{region}.{}", bastion_common::region::dns_suffix(&region)));
-        Ok(Self { http, endpoint, region, credentials })
+        let endpoint = bastion_common::signed::endpoint("EC2", "ec2", &region);
+        Ok(Self { client: SignedClient::new(http, &region, credentials), endpoint })
     }
 
     /// The public IPv4 of the interface holding `private_ip`, with the MAC
@@ -194,40 +189,11 @@ impl Ec2 {
     }
 
     async fn send(&self, body: &str) -> Result<(reqwest::StatusCode, String), String> {
-        let credentials = self
-            .credentials
-            .provide_credentials()
-            .await
-            .map_err(|e| format!("cannot get AWS credentials for ec2:DescribeNetworkInterfaces: {e}"))?;
-        let identity = credentials.into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name("ec2")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| format!("signing parameters: {e}"))?
-            .into();
         let url = format!("{}/", self.endpoint.trim_end_matches('/'));
-        let content_type = "application/x-www-form-urlencoded; charset=utf-8";
-        let headers = [("content-type", content_type)];
-        let signable = SignableRequest::new("POST", &url, headers.into_iter(), SignableBody::Bytes(body.as_bytes()))
-            .map_err(|e| format!("cannot sign the EC2 request: {e}"))?;
-        let (instructions, _) =
-            sign(signable, &params).map_err(|e| format!("cannot sign the EC2 request: {e}"))?.into_parts();
-        let mut request = self.http.post(&url).header("content-type", content_type).body(body.to_string());
-        for (name, value) in instructions.headers() {
-            request = request.header(name, value);
-        }
-        let response = request
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| format!("ec2:DescribeNetworkInterfaces at {url}: {e}"))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| format!("ec2:DescribeNetworkInterfaces answer: {e}"))?;
-        Ok((status, text))
+        let headers = [("content-type", "application/x-www-form-urlencoded; charset=utf-8")];
+        let what = "ec2:DescribeNetworkInterfaces";
+        let answer = self.client.post(what, "ec2", &url, &headers, body, Duration::from_secs(10)).await?;
+        Ok((answer.status, answer.body))
     }
 }
 

@@ -192,6 +192,58 @@ mod tests {
         );
     }
 
+    /// A one-shot HTTP server on loopback that answers `response` and reports what it got.
+    async fn answer_once(response: String) -> (u16, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 8192];
+            let n = stream.read(&mut request).await.unwrap();
+            stream.write_all(response.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&request[..n]).into_owned()
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn the_request_goes_to_the_endpoint_only_and_redirects_are_not_followed() {
+        // Where a redirect would lead: nothing must arrive there.
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        elsewhere.set_nonblocking(true).unwrap();
+        let location = format!("http://127.0.0.1:{}/", elsewhere.local_addr().unwrap().port());
+        let (port, seen) = answer_once(format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+        ))
+        .await;
+        let sts = Sts::new(&format!("http://127.0.0.1:{port}"), "us-east-1").unwrap();
+        let headers = vec![("x-amz-date".to_string(), "20261202T071300Z".to_string())];
+        let result = sts.get_caller_identity(&headers, bastion_common::login::STS_BODY).await;
+        assert_eq!(result, Err(StsError::Unavailable("HTTP 307 Temporary Redirect".into())));
+        let request = seen.await.unwrap();
+        assert!(request.starts_with("POST / HTTP/1.1\r\n"), "{request}");
+        assert!(request.contains("x-amz-date: 20261202T071300Z\r\n"), "{request}");
+        assert!(request.ends_with(bastion_common::login::STS_BODY), "{request}");
+        assert!(elsewhere.accept().is_err(), "the redirect was followed");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_the_code_and_a_server_error_is_not_the_users_fault() {
+        let body = "<ErrorResponse><Error><Type>Sender</Type><Code>ExpiredToken</Code><Message>The security token included in the request is expired</Message></Error></ErrorResponse>";
+        let (port, _) =
+            answer_once(format!("HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\n\r\n{body}", body.len())).await;
+        let sts = Sts::new(&format!("http://127.0.0.1:{port}"), "us-east-1").unwrap();
+        let refused = sts.get_caller_identity(&[], "").await.unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "STS refused the proof: ExpiredToken: The security token included in the request is expired"
+        );
+        let (port, _) = answer_once("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".into()).await;
+        let sts = Sts::new(&format!("http://127.0.0.1:{port}"), "us-east-1").unwrap();
+        assert!(matches!(sts.get_caller_identity(&[], "").await, Err(StsError::Unavailable(_))));
+    }
+
     #[test]
     fn endpoints_must_be_https_except_to_loopback() {
         let sts = Sts::new("https://sts.eu-west-1.amazonaws.com", "eu-west-1").unwrap();

@@ -53,7 +53,11 @@ DEPLOY_<NAME>, e.g. DEPLOY_PERMIT_OPEN:
   --host-key-parameter /NAME  --authorized-keys-parameter /NAME  --permit-open LIST
   --hosted-zone-id ID  --record-name NAME  --bastion-repository URI  --sidecar-repository URI
   --bastion-image URI:TAG  --sidecar-image URI:TAG   (default: <repository>:<tag>-<arch>)
+  AWS logins (bastion login), both or neither: --user-ca-key-parameter /NAME
+  --identity-rules-parameter /NAME; with them --max-certificate-validity DURATION (default 8h).
 The partition defaults to the region's: cn-* aws-cn, us-gov-* aws-us-gov, else aws.
+--authorized-keys-parameter may be left out with AWS logins; the secrets and variables of what
+is left out are left out of the task definition.
 EOF
 }
 
@@ -73,6 +77,9 @@ ACCOUNT_ID=${DEPLOY_ACCOUNT_ID:-}
 PARTITION=${DEPLOY_PARTITION:-}
 HOST_KEY_PARAMETER=${DEPLOY_HOST_KEY_PARAMETER:-}
 AUTHORIZED_KEYS_PARAMETER=${DEPLOY_AUTHORIZED_KEYS_PARAMETER:-}
+USER_CA_KEY_PARAMETER=${DEPLOY_USER_CA_KEY_PARAMETER:-}
+IDENTITY_RULES_PARAMETER=${DEPLOY_IDENTITY_RULES_PARAMETER:-}
+MAX_CERTIFICATE_VALIDITY=${DEPLOY_MAX_CERTIFICATE_VALIDITY:-}
 PERMIT_OPEN=${DEPLOY_PERMIT_OPEN:-}
 HOSTED_ZONE_ID=${DEPLOY_HOSTED_ZONE_ID:-}
 RECORD_NAME=${DEPLOY_RECORD_NAME:-}
@@ -113,6 +120,9 @@ while [ $# -gt 0 ]; do
     --partition) PARTITION=$value ;;
     --host-key-parameter) HOST_KEY_PARAMETER=$value ;;
     --authorized-keys-parameter) AUTHORIZED_KEYS_PARAMETER=$value ;;
+    --user-ca-key-parameter) USER_CA_KEY_PARAMETER=$value ;;
+    --identity-rules-parameter) IDENTITY_RULES_PARAMETER=$value ;;
+    --max-certificate-validity) MAX_CERTIFICATE_VALIDITY=$value ;;
     --permit-open) PERMIT_OPEN=$value ;;
     --hosted-zone-id) HOSTED_ZONE_ID=$value ;;
     --record-name) RECORD_NAME=$value ;;
@@ -175,12 +185,15 @@ if [ -n "$RENDER_OUT" ]; then
     if [ -z "$BASTION_IMAGE" ] && [ -n "$BASTION_REPOSITORY" ]; then BASTION_IMAGE="$BASTION_REPOSITORY:$TAG-$arch"; fi
     if [ -z "$SIDECAR_IMAGE" ] && [ -n "$SIDECAR_REPOSITORY" ]; then SIDECAR_IMAGE="$SIDECAR_REPOSITORY:$TAG-$arch"; fi
   fi
-  # Fills every ${NAME} of the template; fails on a missing, malformed or left-over value and
-  # on output that is not JSON, and writes OUT only when all is well.
+  # Fills every ${NAME} of the template; leaves out the environment and secrets entries of an
+  # optional value not given (AWS logins, authorized keys); fails on a missing, malformed or
+  # left-over value and on output that is not JSON, and writes OUT only when all is well.
   env RENDER_FAMILY="$FAMILY" RENDER_CPU_ARCHITECTURE="$CPU_ARCHITECTURE" \
     RENDER_EXECUTION_ROLE_ARN="$EXECUTION_ROLE_ARN" RENDER_TASK_ROLE_ARN="$TASK_ROLE_ARN" \
     RENDER_LOG_GROUP="$LOG_GROUP" RENDER_ACCOUNT_ID="$ACCOUNT_ID" RENDER_PARTITION="$PARTITION" \
     RENDER_HOST_KEY_PARAMETER="$HOST_KEY_PARAMETER" RENDER_AUTHORIZED_KEYS_PARAMETER="$AUTHORIZED_KEYS_PARAMETER" \
+    RENDER_USER_CA_KEY_PARAMETER="$USER_CA_KEY_PARAMETER" RENDER_IDENTITY_RULES_PARAMETER="$IDENTITY_RULES_PARAMETER" \
+    RENDER_MAX_CERTIFICATE_VALIDITY="$MAX_CERTIFICATE_VALIDITY" \
     RENDER_PERMIT_OPEN="$PERMIT_OPEN" RENDER_HOSTED_ZONE_ID="$HOSTED_ZONE_ID" RENDER_RECORD_NAME="$RECORD_NAME" \
     RENDER_BASTION_IMAGE="$BASTION_IMAGE" RENDER_SIDECAR_IMAGE="$SIDECAR_IMAGE" RENDER_REGION="$REGION" \
     python3 - deploy/task-definition.json "$RENDER_OUT" <<'PY'
@@ -189,8 +202,32 @@ import json, os, re, sys
 template, out = sys.argv[1], sys.argv[2]
 text = open(template, encoding="utf-8").read()
 placeholder = re.compile(r"\$\{([A-Z0-9_]+)\}")
+value = {n: os.environ.get("RENDER_" + n, "") for n in set(placeholder.findall(text))}
+# Optional: an environment or secrets entry that names one of these, empty, is left out.
+optional = {"AUTHORIZED_KEYS_PARAMETER", "USER_CA_KEY_PARAMETER", "IDENTITY_RULES_PARAMETER", "STS_ENDPOINT",
+            "MAX_CERTIFICATE_VALIDITY"}
+# AWS logins (bastion login): the user CA and the identity rules together, as bastion-sshd wants.
+if bool(value["USER_CA_KEY_PARAMETER"]) != bool(value["IDENTITY_RULES_PARAMETER"]):
+    sys.exit("deploy/push.sh: AWS logins need both --user-ca-key-parameter and --identity-rules-parameter (or neither)")
+if value["USER_CA_KEY_PARAMETER"]:
+    value["MAX_CERTIFICATE_VALIDITY"] = value["MAX_CERTIFICATE_VALIDITY"] or "8h"
+    # The regional endpoint, as the stack's https://sts.${AWS::Region}.${AWS::URLSuffix}.
+    suffix = {"aws": "amazonaws.com", "aws-us-gov": "amazonaws.com", "aws-cn": "amazonaws.com.cn"}.get(value["PARTITION"])
+    if not suffix:
+        sys.exit(f"deploy/push.sh: AWS logins: no STS endpoint known for partition {value['PARTITION']}")
+    value["STS_ENDPOINT"] = f"https://sts.{value['REGION']}.{suffix}"
+elif value["MAX_CERTIFICATE_VALIDITY"]:
+    sys.exit("deploy/push.sh: --max-certificate-validity is for AWS logins (--user-ca-key-parameter, --identity-rules-parameter)")
+else:
+    value["STS_ENDPOINT"] = ""
+doc = json.loads(text)
+for container in doc["containerDefinitions"]:
+    for key in ("environment", "secrets"):
+        if key in container:
+            container[key] = [e for e in container[key]
+                              if all(value[n] for n in placeholder.findall(json.dumps(e)) if n in optional)]
+text = json.dumps(doc, indent=2) + "\n"
 names = sorted(set(placeholder.findall(text)))
-value = {n: os.environ.get("RENDER_" + n, "") for n in names}
 missing = [n for n in names if not value[n]]
 if missing:
     sys.exit("deploy/push.sh: no value for " + ", ".join(missing) +
@@ -203,6 +240,9 @@ forms = {
     "REGION": r"[a-z]{2}(-[a-z]+)+-\d",
     "HOST_KEY_PARAMETER": r"/[A-Za-z0-9_.\-/]+",
     "AUTHORIZED_KEYS_PARAMETER": r"/[A-Za-z0-9_.\-/]+",
+    "USER_CA_KEY_PARAMETER": r"/[A-Za-z0-9_.\-/]+",
+    "IDENTITY_RULES_PARAMETER": r"/[A-Za-z0-9_.\-/]+",
+    "MAX_CERTIFICATE_VALIDITY": r"([0-9]+[smhd])+",
     "RECORD_NAME": r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]",
     "EXECUTION_ROLE_ARN": r"arn:aws[a-z-]*:iam::\d{12}:role/\S+",
     "TASK_ROLE_ARN": r"arn:aws[a-z-]*:iam::\d{12}:role/\S+",
@@ -210,8 +250,11 @@ forms = {
     "SIDECAR_IMAGE": r"\S+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}",
 }
 for n, form in forms.items():
-    if n in value and not re.fullmatch(form, value[n]):
+    if value.get(n) and not re.fullmatch(form, value[n]):
         sys.exit(f"deploy/push.sh: {n} = {value[n]!r} is not of the form {form}")
+if not value["AUTHORIZED_KEYS_PARAMETER"] and not value["USER_CA_KEY_PARAMETER"]:
+    sys.exit("deploy/push.sh: give --authorized-keys-parameter, or --user-ca-key-parameter with "
+             "--identity-rules-parameter (AWS logins), or both: bastion-sshd refuses to start with neither")
 rendered = placeholder.sub(lambda m: json.dumps(value[m.group(1)])[1:-1], text)
 left = re.findall(r"\$\{[^}]*\}", rendered)
 if left:

@@ -185,6 +185,21 @@ def _(n):
     assert n.item(f"{KEY_B} cert alice") and n.item(f"{KEY_B} cert alice-2") and n.item(KEY_B)
 
 
+@notifier_test("new login: a bastion login certificate counts by its ARN: a new key each day is not a new identity")
+def _(n):
+    arn = "arn:aws:sts::111122223333:assumed-role/AWSReservedSSO_DBAccess_0a1b2c3d/alice@example.com"
+    def login(fingerprint, at):
+        line, t = certificate(arn, at=at, fingerprint=fingerprint)
+        e = json.loads(line)
+        e["arn"] = arn
+        return json.dumps(e), t
+    assert n(delivery(login(KEY_A, NOW))) == 1
+    (_, body), = n.mails()
+    assert f"ARN:         {arn}" in body, body
+    assert n(delivery(login(KEY_B, NOW + 86400))) == 0 and n.mails() == [], "a new certificate key was notified"
+    assert n.item(f"arn {arn}") and n.ddb.scan(TableName=n.table)["Count"] == 1
+
+
 @notifier_test("new login: a CONTROL_MESSAGE is ignored; malformed and other lines are skipped without an exception")
 def _(n):
     assert n(delivery(message_type="CONTROL_MESSAGE")) == 0

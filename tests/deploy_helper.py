@@ -11,8 +11,8 @@ policy and the stack moto deployed.
 """
 import copy, difflib, json, re, sys
 
-from deploy_template import (ATTS, IAM_VALUES, PARAMS, REGION, REGISTRY, STACK, TAG, Evaluator, expand,
-                             fail, load_template, substitute)
+from deploy_template import (ATTS, HOST_PUBLIC_KEY, IAM_VALUES, LOGIN_CASES, PARAMS, REGION, REGISTRY, STACK, TAG,
+                             Evaluator, expand, expected_logins, fail, load_template, ssm_arn, substitute)
 
 
 INGRESS = "AWS::EC2::SecurityGroupIngress"
@@ -246,9 +246,10 @@ def by_name(containers):
     return {c["name"]: c for c in containers}
 
 
-def compare_task_definition(template_path, rendered_path):
+def compare_task_definition(template_path, rendered_path, params_json=""):
+    """The template's task definition (with PARAMS, overridden by params_json) == the rendered one."""
     t = load_template(template_path)
-    ev = Evaluator(t)
+    ev = Evaluator(t, dict(PARAMS, **json.loads(params_json)) if params_json else None)
     assert t["Resources"]["TaskDefinition"]["Condition"] == "HasImages"
     cfn = camel(ev.eval(t["Resources"]["TaskDefinition"]["Properties"]))
     with open(rendered_path, encoding="utf-8") as f:
@@ -362,6 +363,101 @@ def compare_iam(template_path, readme_path):
     print("IAM agrees: execution role (and with GuardDuty's agent repository), task role, trust policy, README")
 
 
+def _actions(st):
+    return [st["Action"]] if isinstance(st["Action"], str) else st["Action"]
+
+
+def _rules_refuse(t, ev):
+    """The AssertDescription of each CloudFormation Rules assertion that fails with ev's values."""
+    out = []
+    for name, rule in t.get("Rules", {}).items():
+        if "RuleCondition" in rule and not ev.eval(rule["RuleCondition"]):
+            continue
+        out += [f"{name}: {a['AssertDescription']}" for a in rule["Assertions"] if not ev.eval(a["Assert"])]
+    return out
+
+
+def logins(template_path, case):
+    """The stack with the parameters of LOGIN_CASES[case]: bastion-sshd's secrets and AWS login
+    variables are exactly those of the parameter names set (expected_logins), the execution role
+    reads exactly those parameters and nothing else of SSM, the task role gains nothing, the host
+    public key parameter and its outputs exist exactly when HostPublicKey is set, and the Rules
+    pass."""
+    t = load_template(template_path)
+    params = dict(PARAMS, **LOGIN_CASES[case])
+    ev = Evaluator(t, params)
+    secrets, env, reads, host = expected_logins(params)
+    td = camel(ev.eval(t["Resources"]["TaskDefinition"]["Properties"]))
+    b = by_name(td["containerDefinitions"])["bastion-sshd"]
+    same(f"{case}: bastion-sshd secrets", [(x["name"], x["valueFrom"]) for x in b["secrets"]], secrets)
+    got_env = {e["name"]: e["value"] for e in b["environment"]}
+    same(f"{case}: AWS login variables", {k: v for k, v in got_env.items() if k in (
+        "BASTION_STS_ENDPOINT", "BASTION_MAX_CERTIFICATE_VALIDITY")}, env)
+    sidecar = by_name(td["containerDefinitions"])["dns-sidecar"]
+    assert not sidecar.get("secrets") and not any(e["name"].startswith("BASTION_") for e in sidecar["environment"])
+    statements = ev.eval(t["Resources"]["ExecutionRole"])["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    ssm = [st for st in statements if any(a.startswith("ssm:") for a in _actions(st))]
+    same(f"{case}: the execution role's SSM statements", [(st["Sid"], _actions(st), st["Resource"]) for st in ssm],
+         [(sid, ["ssm:GetParameters"], arns) for sid, arns in reads])
+    task_role = ev.eval(t["Resources"]["TaskRole"])["Properties"]["Policies"]
+    acts = sorted({a for pol in task_role for st in pol["PolicyDocument"]["Statement"] for a in _actions(st)})
+    assert all(a.split(":")[0] in ("route53", "ec2") for a in acts), f"the task role gained {acts}"
+    res = t["Resources"]["HostPublicKeyParameter"]
+    assert res["Condition"] == "HasHostPublicKey" and ev.condition("HasHostPublicKey") == bool(host), case
+    outputs = {k: o for k, o in t["Outputs"].items() if "HostPublicKeyParameter" in json.dumps(o)}
+    assert sorted(outputs) == ["HostPublicKeyParameterArn", "HostPublicKeyParameterName"], sorted(outputs)
+    assert all(o.get("Condition") == "HasHostPublicKey" for o in outputs.values()), outputs
+    if host:
+        same(f"{case}: HostPublicKeyParameter", ev.partial(res["Properties"]),
+             {"Name": host[0], "Type": "String", "Value": host[1],
+              "Description": f"fargate-bastion {STACK} public host key"})
+        same(f"{case}: output HostPublicKeyParameterArn", ev.eval(outputs["HostPublicKeyParameterArn"]["Value"]),
+             ssm_arn(host[0]))
+    refused = _rules_refuse(t, ev)
+    if refused:
+        fail(f"{case}: the Rules refuse the parameters: {refused}")
+    keys = t["Outputs"]["AuthorizedKeysParameterName"]
+    assert keys.get("Condition") == "HasAuthorizedKeys", "an output must not be empty"
+    print(f"{case}: secrets {', '.join(n for n, _ in secrets)}; "
+          f"{', '.join(f'{k}={v}' for k, v in env.items()) or 'no AWS login variables'}; the execution role reads "
+          f"exactly those {len(reads)} parameters; host public key parameter {'created' if host else 'none'}")
+
+
+def rules(template_path):
+    """The Rules refuse exactly the parameter sets bastion-sshd would not start with: neither
+    authorized keys nor AWS logins, or only one of the user CA and the identity rules. And the
+    parameters' AllowedPatterns take what they should."""
+    t = load_template(template_path)
+    names = ("AuthorizedKeysParameterName", "UserCaKeyParameterName", "IdentityRulesParameterName")
+    refusals = {}
+    for bits in range(8):
+        values = {n: f"/bastion/{n}" if bits >> i & 1 else "" for i, n in enumerate(names)}
+        keys, ca, rules_ = (bool(values[n]) for n in names)
+        want_ok = ca == rules_ and (keys or ca)
+        refused = _rules_refuse(t, Evaluator(t, dict(PARAMS, **values)))
+        if bool(refused) == want_ok:
+            fail(f"Rules with {values}: {'refused ' + str(refused) if refused else 'accepted'}")
+        for r in refused:
+            refusals.setdefault(r, []).append("+".join(n[:-len("ParameterName")] for n in names if values[n]) or "none")
+    p = t["Parameters"]
+    pattern = lambda name: p[name]["AllowedPattern"]  # noqa: E731
+    for name in names:
+        assert p[name]["Default"] in ("", "/bastion/authorized-keys") and re.fullmatch(pattern(name), ""), name
+    assert p["UserCaKeyParameterName"]["Default"] == p["IdentityRulesParameterName"]["Default"] == ""
+    assert p["HostPublicKey"]["Default"] == "" and p["MaxCertificateValidity"]["Default"] == "8h"
+    assert p["HostPublicKeyParameterName"]["Default"] == "/bastion/host-public-key"
+    for ok in ("", HOST_PUBLIC_KEY, HOST_PUBLIC_KEY + " bastion@example", "ecdsa-sha2-nistp256 AAAAE2VjZHNh"):
+        assert re.fullmatch(pattern("HostPublicKey"), ok), ok
+    for bad in ("-----BEGIN OPENSSH PRIVATE KEY-----", "AAAAC3NzaC1lZDI1NTE5", "ssh-ed25519"):
+        assert not re.fullmatch(pattern("HostPublicKey"), bad), bad
+    for ok in ("8h", "30m", "1h30m", "90s", "1d"):
+        assert re.fullmatch(pattern("MaxCertificateValidity"), ok), ok
+    for bad in ("", "8", "8 hours", "-1h", "8H"):
+        assert not re.fullmatch(pattern("MaxCertificateValidity"), bad), bad
+    for r, cases in sorted(refusals.items()):
+        print(f"  refused ({', '.join(cases)}): {r}")
+
+
 def partition_of(path, want):
     with open(path, encoding="utf-8") as f:
         text = f.read()
@@ -390,7 +486,11 @@ def checkov_summary(path, want_resources):
         print(f"  skipped {check} on {resource}")
 
 
-def check_registered(path):
+def login_case(case):
+    print(json.dumps(LOGIN_CASES[case]))
+
+
+def check_registered(path, revision="1", case="all"):
     with open(path, encoding="utf-8") as f:
         td = json.load(f)["taskDefinition"]
     names = sorted(c["name"] for c in td["containerDefinitions"])
@@ -400,8 +500,15 @@ def check_registered(path):
     assert c["bastion-sshd"]["user"] == "0:0", c["bastion-sshd"].get("user")
     assert c["dns-sidecar"]["essential"] is True
     assert c["dns-sidecar"]["healthCheck"]["command"] == ["CMD", "/dns-sidecar", "healthcheck"]
-    assert td["family"] == "bastion" and td["taskDefinitionArn"].endswith(":task-definition/bastion:1")
-    print(f"registered {td['taskDefinitionArn']} with {', '.join(names)}")
+    assert td["family"] == "bastion" and td["taskDefinitionArn"].endswith(f":task-definition/bastion:{revision}")
+    secrets, env, _, _ = expected_logins(dict(PARAMS, **LOGIN_CASES[case]))
+    same(f"{case}: registered secrets", [(x["name"], x["valueFrom"]) for x in c["bastion-sshd"].get("secrets", [])],
+         secrets)
+    got_env = {e["name"]: e["value"] for e in c["bastion-sshd"]["environment"]}
+    same(f"{case}: registered AWS login variables", {k: got_env[k] for k in got_env if k in env or "STS" in k
+                                                     or "CERTIFICATE" in k}, env)
+    print(f"registered {td['taskDefinitionArn']} with {', '.join(names)}; bastion-sshd secrets "
+          + ", ".join(n for n, _ in secrets))
 
 
 # Bash-only syntax and GNU-only options: none may appear in deploy/push.sh outside comments and
@@ -448,7 +555,7 @@ def posix_check(path):
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
     {"compare-task-definition": compare_task_definition, "compare-iam": compare_iam,
-     "expand": expand, "ssh-rules": ssh_rules, "ssh-not-world": ssh_not_world,
+     "expand": expand, "ssh-rules": ssh_rules, "logins": logins, "rules": rules, "login-case": login_case, "ssh-not-world": ssh_not_world,
      "ingress-independent": ingress_independent, "same-rules": same_rules, "legacy": legacy,
      "checkov-summary": checkov_summary,
      "check-registered": check_registered, "partition-of": partition_of,

@@ -6,7 +6,9 @@
 # stack's architecture. And that AllowedCidrs updates edit the prefix list in place (the entries
 # read with aws ec2 get-managed-prefix-list-entries; the same list and SSH rule throughout), a
 # removed middle entry and a reordering included, and that stacks of the two previous templates
-# (one rule per CIDR, one per position) upgrade, where those templates themselves fail.
+# (one rule per CIDR, one per position) upgrade, where those templates themselves fail. And the
+# AWS logins (bastion login): stacks with and without them, turned on and off by updates: the
+# task definition's secrets and variables, the execution role, the host public key parameter.
 #
 # What moto cannot do, and so is not tested here:
 # - Fn::ForEach (AWS::LanguageExtensions): moto has no transforms. The stack is deployed from a
@@ -22,6 +24,12 @@
 #   duplicate check and CloudFormation's order (replacement first, deletions last) as modelled
 #   there, not AWS's handlers themselves; moto does not count a prefix list reference as
 #   MaxEntries rules towards the group's quota.
+# - AWS::NoValue items of a list (the optional secrets and variables): moto keeps them as nulls;
+#   tests/moto_cfn.py (fix 11) leaves them out, as CloudFormation does.
+# - The Rules section (no stack without authorized keys or AWS logins): moto ignores it;
+#   tests/deploy.sh evaluates its assertions for every combination. And moto's update of an
+#   IAM role changes its description only, not its policies: the execution role is checked on
+#   stacks created with each configuration, not after the updates.
 # - AWS::EC2::SecurityGroupEgress, AWS::SNS::TopicPolicy, AWS::Logs::SubscriptionFilter and
 #   AWS::CloudWatch::Alarm: moto skips these types (with a warning).
 # - Emptying ImageTag again (the service and task definition deleted): moto cannot delete an
@@ -187,6 +195,34 @@ built 0123456789ac arm64
 stack 0123456789ac arm64
 allowed 203.0.113.0/24 1.11.1.1/32
 ok "the next push reads CpuArchitecture=ARM64 from the stack's outputs and builds <tag>-arm64"
+
+say "AWS logins (bastion login): the user CA, the identity rules, the host public key parameter"
+logins() {  # logins STACK role|no-role: the stack's secrets, variables, host public key parameter (and execution role) as its parameters say
+  python3 tests/deploy_stack.py moto-logins "$AWS_ENDPOINT_URL" "$@" || { moto_log; die "AWS logins of $1"; }
+}
+key1="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIjJf6nRR52FN4rEpI6VGwXDNEQGqBU/70xz1dxqhuO8"
+key2="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGY06ec+cSwc/1CbQk2baT5uR7mHZOuUXpd+UpVcNbtL bastion"
+logins bastion role
+deploy logins "$stack_template" "${required[@]}" AllowedCidrs=198.51.100.7/32 NewLoginLookbackDays=0 ImageTag=0123456789ab \
+  UserCaKeyParameterName=/logins/user-ca-key IdentityRulesParameterName=/logins/identity-rules \
+  "HostPublicKey=$key1" HostPublicKeyParameterName=/logins/host-public-key ||
+  { cat "$tmp/deploy.out" >&2; moto_log; die "creating the stack logins"; }
+logins logins role
+deploy logins-only "$stack_template" "${required[@]}" AllowedCidrs=198.51.100.7/32 NewLoginLookbackDays=0 ImageTag=0123456789ab \
+  AuthorizedKeysParameterName= UserCaKeyParameterName=/only/user-ca-key IdentityRulesParameterName=/only/identity-rules \
+  MaxCertificateValidity=2h || { cat "$tmp/deploy.out" >&2; moto_log; die "creating the stack logins-only"; }
+logins logins-only role
+ok "stacks created with authorized keys only, with AWS logins and the host public key (an SSM String with HostPublicKey, outputs HostPublicKeyParameterName/Arn), with AWS logins only: each task definition has exactly its secrets and AWS login variables, each execution role reads exactly its parameters"
+
+update UserCaKeyParameterName=/bastion/user-ca-key IdentityRulesParameterName=/bastion/identity-rules "HostPublicKey=$key1"
+logins bastion no-role
+stack 0123456789ac arm64
+deploy logins "$stack_template" "HostPublicKey=$key2" || { cat "$tmp/deploy.out" >&2; moto_log; die "a new HostPublicKey"; }
+logins logins no-role
+deploy logins "$stack_template" HostPublicKey= UserCaKeyParameterName= IdentityRulesParameterName= ||
+  { cat "$tmp/deploy.out" >&2; moto_log; die "turning AWS logins off"; }
+logins logins no-role
+ok "stack updates: AWS logins and the host public key turned on (a new task definition with the same images, the parameter created), HostPublicKey replaced (the parameter's new value), both turned off (secrets, variables and the parameter gone)"
 
 say "stacks of the previous templates: one SSH rule per CIDR (0a688a7), per position (7a6d2ff)"
 # Their SSH rules from tests/deploy_helper.py (LEGACY_SSH_RULES), the rest as now; Fn::ForEach over

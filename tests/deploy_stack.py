@@ -2,14 +2,17 @@
 cfn-lint, policy_sentry): checks deploy/iam/deployer-policy.json, and the stack as moto deployed it.
 
   deploy_stack.py check-deployer-policy deploy/iam/deployer-policy.json
+  deploy_stack.py check-user-policy deploy/iam/user-policy.json TEMPLATE
   deploy_stack.py moto-vpc ENDPOINT                      -> "vpc-... subnet-...,subnet-..."
   deploy_stack.py moto-stack ENDPOINT STACK TAG|- ARCH
   deploy_stack.py moto-ssh ENDPOINT STACK prefix-list|cidrs [CIDR...]
+  deploy_stack.py moto-logins ENDPOINT STACK role|no-role
 """
-import fnmatch, json, os, re, sys
+import ast, fnmatch, json, os, re, sys
 
 from deploy_helper import render_placeholders, same
-from deploy_template import ACCOUNT, ATTS, IAM_VALUES, REGION, RESOURCE_REFS, fail
+from deploy_template import (ACCOUNT, ATTS, IAM_VALUES, REGION, RESOURCE_REFS, Evaluator, expected_logins, fail,
+                             load_template)
 
 
 def iam_action_exists(action, handler_permissions):
@@ -111,7 +114,38 @@ def check_deployer_policy(path):
     same("iam:PassRole condition", pr.get("Condition"),
          {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}})
     star = sorted(a for a, uses in actions.items() for _, res, _ in uses if "*" in res)
-    print(f"{len(actions)} actions, all known; Resource * only for {', '.join(star)}")
+    # A push changes ImageTag only: no SSM parameter (the host public key parameter is the stack
+    # creator's, like the security group), and it never reads a secret.
+    ssm = sorted(a for a in actions if a.startswith("ssm:") or a.startswith("kms:"))
+    if ssm:
+        fail(f"{path}: the deployer needs no SSM or KMS action, has {ssm}")
+    print(f"{len(actions)} actions, all known; Resource * only for {', '.join(star)}; no SSM action")
+
+
+def check_user_policy(path, template_path):
+    """deploy/iam/user-policy.json: what a `bastion login` user needs beyond the login itself
+    (sts:GetCallerIdentity needs no permission): ssm:GetParameter on exactly the host public key
+    parameter the stack creates, for --trust-from-ssm. Nothing else."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    json.loads(text)
+    placeholders = set(re.findall(r"\$\{([A-Z0-9_]+)\}", text))
+    want = {"PARTITION", "REGION", "ACCOUNT_ID", "HOST_PUBLIC_KEY_PARAMETER"}
+    if placeholders != want:
+        fail(f"{path}: placeholders {sorted(placeholders)}, expected {sorted(want)}")
+    doc = render_placeholders(text, IAM_VALUES)
+    if doc.get("Version") != "2012-10-17" or len(doc.get("Statement", [])) != 1:
+        fail(f"{path}: one statement of policy version 2012-10-17 expected")
+    st = doc["Statement"][0]
+    t = load_template(template_path)
+    ev = Evaluator(t)
+    arn = ev.eval(t["Outputs"]["HostPublicKeyParameterArn"]["Value"])
+    same(f"{path} statement", {k: v for k, v in st.items() if k != "Sid"},
+         {"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": arn})
+    assert t["Parameters"]["HostPublicKeyParameterName"]["Default"] == IAM_VALUES["HOST_PUBLIC_KEY_PARAMETER"]
+    if not iam_action_exists("ssm:GetParameter", set()):
+        fail("ssm:GetParameter is not a known action")
+    print(f"{path}: the one action ssm:GetParameter, on {arn} (the stack's output HostPublicKeyParameterArn)")
 
 
 # --- moto, after a deployment (tests/deploy_push.sh) ------------------------------------------
@@ -199,7 +233,56 @@ def moto_stack(endpoint, stack, want_tag, want_arch):
     print(note)
 
 
+def moto_logins(endpoint, stack, role):
+    """The stack in moto, against the parameters it was deployed with (expected_logins): the
+    service's task definition gives bastion-sshd exactly the configured secrets and AWS login
+    variables; the host public key parameter exists with HostPublicKey as its value exactly when
+    that is set (an SSM String, the outputs naming it), and else none under its name; with role,
+    the execution role reads exactly the configured parameters (moto's update of a role changes
+    its description only: for a stack created with these parameters)."""
+    import boto3
+    cfn, ecs, _ = _clients(endpoint)
+    kw = dict(endpoint_url=endpoint, region_name=REGION, aws_access_key_id="test", aws_secret_access_key="test")
+    ssm, iam = boto3.client("ssm", **kw), boto3.client("iam", **kw)
+    s, outputs = _outputs(cfn, stack)
+    params = {p["ParameterKey"]: p.get("ParameterValue") or "" for p in s.get("Parameters", [])}
+    t = load_template("deploy/cloudformation/bastion.yaml")
+    defaults = {k: str(v.get("Default", "")) for k, v in t["Parameters"].items()}
+    secrets, env, reads, host = expected_logins(dict(defaults, **params))
+    cluster = outputs["ClusterName"]
+    svc = ecs.describe_services(cluster=cluster, services=ecs.list_services(cluster=cluster)["serviceArns"])["services"][0]
+    td = ecs.describe_task_definition(taskDefinition=svc["taskDefinition"])["taskDefinition"]
+    b = {c["name"]: c for c in td["containerDefinitions"]}["bastion-sshd"]
+    same(f"{stack}: bastion-sshd secrets", [(x["name"], x["valueFrom"]) for x in b.get("secrets", [])], secrets)
+    got_env = {e["name"]: e["value"] for e in b.get("environment", [])}
+    same(f"{stack}: AWS login variables", {k: v for k, v in got_env.items() if k in (
+        "BASTION_STS_ENDPOINT", "BASTION_MAX_CERTIFICATE_VALIDITY")}, env)
+    name = params.get("HostPublicKeyParameterName") or defaults["HostPublicKeyParameterName"]
+    try:
+        got = ssm.get_parameter(Name=name)["Parameter"]
+    except ssm.exceptions.ParameterNotFound:
+        got = None
+    if host:
+        assert got and (got["Type"], got["Value"]) == ("String", host[1]), got
+        same(f"{stack}: outputs", (outputs.get("HostPublicKeyParameterName"), outputs.get("HostPublicKeyParameterArn")),
+             (name, got["ARN"]))
+    else:
+        assert got is None, f"{stack}: parameter {name} exists without HostPublicKey: {got}"
+        assert "HostPublicKeyParameterArn" not in outputs and "HostPublicKeyParameterName" not in outputs, outputs
+    note = ""
+    if role == "role":
+        arn = outputs["ExecutionRoleArn"]
+        doc = iam.get_role_policy(RoleName=arn.rsplit("/", 1)[1], PolicyName="start-the-bastion-task")["PolicyDocument"]
+        doc = json.loads(doc) if isinstance(doc, str) and doc.startswith("{\"") else (
+            ast.literal_eval(doc) if isinstance(doc, str) else doc)  # moto keeps the dict's repr
+        ssm_st = [(st["Sid"], st["Resource"]) for st in doc["Statement"] if "ssm:" in json.dumps(st.get("Action"))]
+        same(f"{stack}: the execution role's SSM statements", ssm_st, reads)
+        note = f"; the execution role reads exactly those {sum(len(arns) for _, arns in reads)} parameters"
+    print(f"{stack}: {', '.join(n for n, _ in secrets)}; {', '.join(f'{k}={v}' for k, v in env.items()) or 'no AWS login variables'}"
+          + (f"; {name} = ...{host[1][-24:]}" if host else f"; no parameter {name}") + note)
+
+
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
-    {"check-deployer-policy": check_deployer_policy, "moto-vpc": moto_vpc, "moto-stack": moto_stack,
-     "moto-ssh": moto_ssh}[cmd](*args)
+    {"check-deployer-policy": check_deployer_policy, "check-user-policy": check_user_policy, "moto-vpc": moto_vpc,
+     "moto-stack": moto_stack, "moto-ssh": moto_ssh, "moto-logins": moto_logins}[cmd](*args)

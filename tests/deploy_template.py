@@ -11,6 +11,9 @@ import yaml
 
 REGION, ACCOUNT, STACK, TAG = "us-east-1", "123456789012", "bastion", "0123456789ab"
 REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
+HOST_PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIjJf6nRR52FN4rEpI6VGwXDNEQGqBU/70xz1dxqhuO8"
+# The test values turn everything on: authorized keys and AWS logins (the user CA, the identity
+# rules), the host public key published. tests/deploy.sh also checks the stack with each left out.
 PARAMS = {
     "VpcId": "vpc-0123456789abcdef0",
     "SubnetIds": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
@@ -22,6 +25,9 @@ PARAMS = {
     "PermitOpen": "db.internal:5432,10.0.0.0/16:5432,[fd00::1]:22",
     "HostKeyParameterName": "/bastion/host-key",
     "AuthorizedKeysParameterName": "/bastion/authorized-keys",
+    "UserCaKeyParameterName": "/bastion/user-ca-key",
+    "IdentityRulesParameterName": "/bastion/identity-rules",
+    "HostPublicKey": HOST_PUBLIC_KEY,
     "ImageTag": TAG,
     "CpuArchitecture": "ARM64",
     "LogRetentionDays": "30",
@@ -31,6 +37,7 @@ PSEUDO = {"AWS::StackName": STACK, "AWS::Region": REGION, "AWS::AccountId": ACCO
 RESOURCE_REFS = {
     "LogGroup": "bastion-LogGroup-EXAMPLE", "Cluster": "bastion-Cluster-EXAMPLE",
     "TaskDefinition": f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/bastion:1",
+    "HostPublicKeyParameter": "/bastion/host-public-key",  # Ref: the parameter's name
 }
 ATTS = {
     "BastionRepository.RepositoryUri": f"{REGISTRY}/bastion/bastion-sshd",
@@ -50,7 +57,47 @@ IAM_VALUES = {
     "BASTION_REPOSITORY": "bastion/bastion-sshd", "SIDECAR_REPOSITORY": "bastion/dns-sidecar",
     "HOST_KEY_PARAMETER": PARAMS["HostKeyParameterName"],
     "AUTHORIZED_KEYS_PARAMETER": PARAMS["AuthorizedKeysParameterName"],
+    "USER_CA_KEY_PARAMETER": PARAMS["UserCaKeyParameterName"],
+    "IDENTITY_RULES_PARAMETER": PARAMS["IdentityRulesParameterName"],
+    "HOST_PUBLIC_KEY_PARAMETER": RESOURCE_REFS["HostPublicKeyParameter"],
 }
+# The AWS login configurations tests/deploy.sh and tests/deploy_push.sh check, as overrides of
+# PARAMS (keys: authorized keys only; logins-only: AWS logins without authorized keys).
+LOGIN_CASES = {
+    "all": {},
+    "keys": {"UserCaKeyParameterName": "", "IdentityRulesParameterName": "", "HostPublicKey": ""},
+    "logins-only": {"AuthorizedKeysParameterName": "", "MaxCertificateValidity": "2h"},
+}
+
+
+def ssm_arn(name):
+    return f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{name}"
+
+
+def expected_logins(params):
+    """What the stack gives bastion-sshd with these parameters (unset ones take the template's
+    defaults: authorized keys /bastion/authorized-keys, no AWS logins, no host public key):
+    (secrets [(name, ARN)], the AWS login variables {name: value}, the execution role's SSM
+    statements [(Sid, [ARN])], the host public key parameter (name, value) or None)."""
+    p = dict({"AuthorizedKeysParameterName": "/bastion/authorized-keys", "UserCaKeyParameterName": "",
+              "IdentityRulesParameterName": "", "MaxCertificateValidity": "8h", "HostPublicKey": "",
+              "HostPublicKeyParameterName": "/bastion/host-public-key"}, **params)
+    secrets = [("BASTION_HOST_KEY", p["HostKeyParameterName"])]
+    if p["AuthorizedKeysParameterName"]:
+        secrets.append(("BASTION_AUTHORIZED_KEYS", p["AuthorizedKeysParameterName"]))
+    env = {}
+    if p["UserCaKeyParameterName"]:
+        secrets += [("BASTION_USER_CA_KEY", p["UserCaKeyParameterName"]),
+                    ("BASTION_AWS_IDENTITY_RULES", p["IdentityRulesParameterName"])]
+        env = {"BASTION_STS_ENDPOINT": f"https://sts.{REGION}.amazonaws.com",
+               "BASTION_MAX_CERTIFICATE_VALIDITY": p["MaxCertificateValidity"]}
+    secrets = [(n, ssm_arn(v)) for n, v in secrets]
+    host = (p["HostPublicKeyParameterName"], p["HostPublicKey"]) if p["HostPublicKey"] else None
+    arns = [arn for _, arn in secrets]
+    reads = [("ReadTheTwoSecrets", arns[:2 if p["AuthorizedKeysParameterName"] else 1])]
+    if p["UserCaKeyParameterName"]:
+        reads.append(("ReadTheLoginSecrets", arns[-2:]))
+    return secrets, env, reads, host
 
 
 class CfnLoader(yaml.SafeLoader):

@@ -1,7 +1,7 @@
 """moto_server for tests/deploy_push.sh: `python3 tests/moto_cfn.py -H 127.0.0.1 -p PORT`, moto's
-own server (moto.server.main) with ten fixes to moto 5.2.5's CloudFormation, which
-`aws cloudformation deploy` (change sets, parameter-only updates) and the template's SSH ingress
-(a prefix list, one rule from it) need. Each makes moto do what CloudFormation does in that case;
+own server (moto.server.main) with eleven fixes to moto 5.2.5's CloudFormation, which
+`aws cloudformation deploy` (change sets, parameter-only updates), the template's SSH ingress
+(a prefix list, one rule from it) and its optional secrets (items of a list left out) need. Each makes moto do what CloudFormation does in that case;
 where moto still differs, tests/deploy_push.sh says so.
 
 1. Executing a change set does not refresh the stack's outputs (a stack created through a
@@ -13,7 +13,9 @@ where moto still differs, tests/deploy_push.sh says so.
    TaskDefinition). Fixed: those are updated too, transitively, as CloudFormation does.
 3. A resource whose condition turns true in an update is never created, and one whose
    condition turns false is updated instead of deleted. Fixed: created, and deleted where moto
-   can delete that type through CloudFormation (not an ECS service or task definition).
+   can delete that type through CloudFormation (not an ECS service or task definition). (moto
+   also lists a resource whose condition is false among those to update, and then keeps it as
+   null: it is created, not updated, once the condition holds.)
 4. A change set's UsePreviousValue takes the previous value as moto parsed it (a list for a
    CommaDelimitedList, a number for a Number), which moto then fails to parse again. Fixed: the
    previous value is passed as the string it was given as.
@@ -50,6 +52,9 @@ where moto still differs, tests/deploy_push.sh says so.
 10. A stack update deletes the resources gone from the template first, then creates and updates
    the others. CloudFormation deletes them last (the cleanup phase), after every creation and
    update succeeded, so that a replacement exists before what it replaces goes. Fixed: last.
+11. An item of a list that is !Ref AWS::NoValue (`- !If [Cond, {...}, !Ref AWS::NoValue]`) stays
+   in the list as null: a task definition's Secrets and Environment get null entries, an IAM
+   statement's Resource a null ARN. CloudFormation leaves the item out. Fixed: left out.
 """
 import re
 import sys
@@ -178,8 +183,12 @@ _original_update_resource = parsing.parse_and_update_resource
 
 
 def parse_and_update_resource(logical_id, resource_json, resources_map, account_id, region_name):
+    existing = resources_map._parsed_resources.get(logical_id)
     if not _condition_true(resources_map, resource_json):
-        return resources_map._parsed_resources.get(logical_id)  # deleted after the update
+        return existing  # deleted after the update
+    if existing is None:  # fix 3: its condition has turned true; created, not updated
+        resources_map._parsed_resources.pop(logical_id, None)
+        return resources_map[logical_id]
     updated = _original_update_resource(logical_id, resource_json, resources_map, account_id, region_name)
     # Fix 5: a type moto cannot update (no update_from_cloudformation_json) stays as it was,
     # instead of vanishing from the stack.
@@ -203,6 +212,17 @@ def replace_task_definition(cls, original_resource, new_resource_name, cloudform
 
 
 ecs_models.TaskDefinition.update_from_cloudformation_json = classmethod(replace_task_definition)  # fix 6
+_original_clean_json = parsing.clean_json
+
+
+def clean_json(resource_json, resources_map):
+    """Fix 11: AWS::NoValue (None here) items of a list are left out. moto's own clean_json calls
+    the module's clean_json for the nested values, so this applies at every depth."""
+    if isinstance(resource_json, list):
+        return [v for v in (clean_json(n, resources_map) for n in resource_json) if v is not None]
+    return _original_clean_json(resource_json, resources_map)
+
+
 _original_create_change_set = responses.CloudFormationResponse.create_change_set
 
 
@@ -336,6 +356,7 @@ parsing.ResourceMap.build_resource_diff = build_resource_diff_cleanup_last
 parsing.ResourceMap.update = update
 parsing.parse_and_update_resource = parse_and_update_resource
 models.ChangeSet.apply = apply
+parsing.clean_json = clean_json
 
 if __name__ == "__main__":
     main(sys.argv[1:])

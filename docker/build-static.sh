@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds static release binaries of bastion-sshd and dns-sidecar for one
-# architecture and copies them, with the CA bundle the sidecar needs, into OUT.
+# architecture (profile `image`: the release build with fat LTO, see Cargo.toml)
+# and copies them, with the CA bundle both need for HTTPS, into OUT.
 #
 #   docker/build-static.sh ARCH OUT      ARCH: amd64 | arm64 (Docker's TARGETARCH)
 #
@@ -43,11 +44,11 @@ esac
 # With an explicit --target, RUSTFLAGS reach only the target's code, not build
 # scripts or proc macros (which must stay dynamic).
 RUSTFLAGS="-C target-feature=+crt-static ${RUSTFLAGS:-}" \
-  cargo build --release --locked --target "$target" -p bastion-sshd -p dns-sidecar
+  cargo build --profile image --locked --target "$target" -p bastion-sshd -p dns-sidecar
 
 mkdir -p "$out"
 for bin in bastion-sshd dns-sidecar; do
-  file="target/$target/release/$bin"
+  file="target/$target/image/$bin"
   # A dynamic binary would fail in FROM scratch with a confusing "no such file".
   if readelf -l "$file" | grep -q 'Requesting program interpreter'; then
     echo "build-static.sh: $file is dynamically linked" >&2

@@ -99,6 +99,10 @@ fn an_iam_user_and_an_sso_role_with_a_session_token_log_in_and_tunnel_with_stock
     assert_tunnel_works(&ssh, ports[0]);
     let accepted = b.server.wait_event("auth.accepted", |e| e["arn"] == BOB.arn);
     assert_eq!(accepted["cert_principals"], "bob@example.com");
+    // Neither the session token nor a signature is ever logged.
+    let log = b.server.proc.stderr().text();
+    let signature = sent["headers"]["authorization"].as_str().unwrap().rsplit("Signature=").next().unwrap().to_string();
+    assert!(!log.contains(token) && !log.contains(&signature), "a secret reached the log");
 }
 
 #[test]
@@ -223,7 +227,7 @@ fn trust_from_ssm_records_the_published_host_key_and_refuses_one_that_disagrees(
     let (out, identity) = login(&known_hosts, name);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("recorded ssh-ed25519 SHA256:")), "{stderr}");
+    assert!(stderr.contains("recorded ssh-ed25519 SHA256:"), "{stderr}");
     assert!(stdout.contains(&format!("logged in as {}", ALICE.arn)), "{stdout}");
     assert!(identity.exists());
     let recorded = std::fs::read_to_string(&known_hosts).unwrap();
@@ -480,4 +484,75 @@ fn a_refused_proof_penalizes_its_source_and_a_login_does_not() {
     let (out, identity) = b.login(&ALICE, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out).0);
     assert!(!identity.exists());
+}
+
+#[test]
+fn an_sts_outage_refuses_the_login_without_penalizing_the_user() {
+    let echo = EchoServer::start();
+    let mut b = AwsBastion::start(&rules(&echo), &["--penalty", "30s"]);
+    let _ = b.sts.proc.child.kill();
+    let _ = b.sts.proc.child.wait();
+    let (out, identity) = b.login(&ALICE, &[]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused: STS is unavailable:"), "{stderr}");
+    assert!(!identity.exists());
+    b.server.wait_event("connection.closed", |_| true);
+    assert!(b.server.events("source.penalized").is_empty(), "an STS outage was penalized");
+}
+
+#[test]
+fn a_rules_from_decides_where_the_login_and_the_certificate_work() {
+    let echo = EchoServer::start();
+    let rules = format!(
+        "arn:aws:iam::{ACCOUNT}:user/alice from=\"10.0.0.0/8\"\n\
+         arn:aws:sts::{ACCOUNT}:assumed-role/AWSReservedSSO_DBAccess_*/* from=\"127.0.0.0/8\",permitopen=\"127.0.0.1:{}\"\n",
+        echo.addr.port()
+    );
+    let b = AwsBastion::start(&rules, &[]);
+    let (out, identity) = b.login(&ALICE, &[]);
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("connection from 127.0.0.1 is not allowed by from=\"10.0.0.0/8\" (identity rule"),
+        "{stderr}"
+    );
+    assert!(!identity.exists());
+    let (out, identity) = b.login(&BOB, &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let shown = Command::new("ssh-keygen").arg("-Lf").arg(format!("{}-cert.pub", identity.display())).output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("Critical Options: \n                source-address 127.0.0.0/8\n"), "{shown}");
+    let (ssh, ports) = b.server.tunnel(&AwsBastion::key(&identity), &[("127.0.0.1", echo.addr.port())], &[]);
+    assert_tunnel_works(&ssh, ports[0]);
+}
+
+#[test]
+fn over_https_the_sts_certificate_is_verified_against_ssl_cert_file() {
+    let echo = EchoServer::start();
+    let dir = tempdir();
+    let sts_tls = localhost_certificate(dir.path(), "sts");
+    // The bastion trusts the stand-in's certificate: the login works over TLS.
+    let trusted: &std::path::Path = &sts_tls.2;
+    let b = AwsBastion::start_with(dir, &rules(&echo), &[], Some(&sts_tls), &[("SSL_CERT_FILE", trusted)]);
+    assert!(b.server.proc.stderr().text().contains(&format!("proofs go to https://localhost:{}/ only", b.sts.port)));
+    let (out, identity) = b.login(&ALICE, &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(identity.exists());
+    assert_eq!(b.sts.requests().len(), 1);
+
+    // Another CA only: the stand-in's certificate does not verify, and nothing is sent to it.
+    let dir = tempdir();
+    let sts_tls = localhost_certificate(dir.path(), "sts");
+    let other = localhost_certificate(dir.path(), "other");
+    let untrusted: &std::path::Path = &other.2;
+    let b = AwsBastion::start_with(dir, &rules(&echo), &[], Some(&sts_tls), &[("SSL_CERT_FILE", untrusted)]);
+    let (out, identity) = b.login(&ALICE, &[]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refused: STS is unavailable:") && stderr.contains("TLS: invalid peer certificate"),
+        "{stderr}"
+    );
+    assert!(!identity.exists());
+    assert!(b.sts.requests().is_empty(), "a proof went out over an unverified connection");
 }

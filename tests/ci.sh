@@ -23,7 +23,7 @@ declare -A TOOLS=(
   [psql]=postgresql-client [kill]=procps [pkill]=procps [ss]=iproute2 [runuser]=util-linux [cc]=gcc
   [curl]=curl [shellcheck]=shellcheck [dockerd]=docker.io [readelf]=binutils
   [plink]=putty-tools [puttygen]=putty-tools [dbclient]=dropbear-bin [dropbearconvert]=dropbear-bin
-  [iperf3]=iperf3 [pgbench]=postgresql [dash]=dash [busybox]=busybox [git]=git
+  [iperf3]=iperf3 [pgbench]=postgresql [dash]=dash [busybox]=busybox [git]=git [openssl]=openssl
 )
 missing=()
 for tool in "${!TOOLS[@]}"; do
@@ -166,5 +166,8 @@ bash tests/quickstart.sh
 
 say "benchmark harness, smoke run (tiny sizes; the figures are not judged): tests/bench/bench.py"
 python3 tests/bench/bench.py --smoke --bastion target/release/bastion-sshd
+
+say "bastion login timing, smoke run (tests/bench/login.py; the figures are not judged)"
+python3 tests/bench/login.py --smoke --bastion target/release/bastion-sshd --login target/release/bastion
 
 say "all tests passed"

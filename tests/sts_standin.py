@@ -165,7 +165,7 @@ def response_xml(status, code, message, identity, request_id):
             f'  <RequestId>{request_id}</RequestId>\n</ErrorResponse>\n')
 
 
-def serve(identities, listen, log_path, max_age):
+def serve(identities, listen, log_path, max_age, tls=None):
     host, _, port = listen.rpartition(":")
     lock = threading.Lock()
 
@@ -202,6 +202,11 @@ def serve(identities, listen, log_path, max_age):
             pass
 
     server = ThreadingHTTPServer((host, int(port)), Handler)
+    if tls:  # (cert, key): HTTPS, as the real endpoint, to test the bastion's TLS client
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"listening on {server.server_address[0]}:{server.server_address[1]}", flush=True)
     server.serve_forever()
 
@@ -280,6 +285,8 @@ def main():
     parser.add_argument("--log")
     parser.add_argument("--max-age-seconds", type=int, default=900)
     parser.add_argument("--self-test", action="store_true")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (and --tls-key)")
+    parser.add_argument("--tls-key")
     args = parser.parse_args()
     if args.self_test:
         return self_test()
@@ -287,7 +294,8 @@ def main():
         parser.error("--identities is required")
     with open(args.identities) as f:
         identities = json.load(f)
-    serve(identities, args.listen, args.log, args.max_age_seconds)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    serve(identities, args.listen, args.log, args.max_age_seconds, tls)
 
 
 if __name__ == "__main__":

@@ -53,10 +53,54 @@ pub struct StsStandin {
     pub proc: Proc,
     pub port: u16,
     log: PathBuf,
+    /// Served over HTTPS (with this certificate, for `localhost`), as the real endpoint is.
+    pub https: bool,
+}
+
+/// A certificate for `localhost` and the CA that signed it, made with `openssl`:
+/// (certificate, key, CA certificate). webpki accepts no self-signed end-entity certificate.
+pub fn localhost_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    crate::require("openssl", "openssl");
+    let file = |ext: &str| dir.join(format!("{name}.{ext}"));
+    let openssl = |args: &[&str], paths: &[(&str, PathBuf)]| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(args);
+        for (flag, path) in paths {
+            cmd.arg(flag).arg(path);
+        }
+        let out = cmd.output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(
+        &[&["req", "-x509", "-days", "1", "-subj", &format!("/CN={name} test CA")][..], &ec].concat(),
+        &[("-keyout", file("ca.key")), ("-out", file("ca.crt"))],
+    );
+    openssl(
+        &[&["req", "-subj", "/CN=localhost"][..], &ec].concat(),
+        &[("-keyout", file("key")), ("-out", file("csr"))],
+    );
+    std::fs::write(file("ext"), "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n").unwrap();
+    openssl(
+        &["x509", "-req", "-days", "1", "-CAcreateserial"],
+        &[
+            ("-in", file("csr")),
+            ("-CA", file("ca.crt")),
+            ("-CAkey", file("ca.key")),
+            ("-extfile", file("ext")),
+            ("-out", file("crt")),
+        ],
+    );
+    (file("crt"), file("key"), file("ca.crt"))
 }
 
 impl StsStandin {
     pub fn start(dir: &Path, identities: &[&Identity]) -> Self {
+        Self::start_with(dir, identities, None)
+    }
+
+    /// With `tls` = (certificate, key), over HTTPS.
+    pub fn start_with(dir: &Path, identities: &[&Identity], tls: Option<&(PathBuf, PathBuf, PathBuf)>) -> Self {
         let file = dir.join(format!("sts-identities.{}.json", unique()));
         let list: Vec<Value> = identities
             .iter()
@@ -70,22 +114,25 @@ impl StsStandin {
         let log = dir.join(format!("sts-requests.{}.log", unique()));
         let mut cmd = Command::new(python());
         cmd.arg(tests_dir().join("sts_standin.py")).arg("--identities").arg(&file).arg("--log").arg(&log);
+        if let Some((cert, key, _)) = tls {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
         let proc = Proc::spawn(cmd, Stdio::null());
         let line = proc
             .stdout()
             .wait_for(READY, |l| l.starts_with("listening on "))
             .unwrap_or_else(|| panic!("the STS stand-in did not start:\n{}", proc.stderr().text()));
         let port = line.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-        Self { proc, port, log }
+        Self { proc, port, log, https: tls.is_some() }
     }
 
-    /// `127.0.0.1:PORT`: the host proofs are signed for.
+    /// `127.0.0.1:PORT` (`localhost:PORT` over HTTPS): the host proofs are signed for.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        if self.https { format!("localhost:{}", self.port) } else { format!("127.0.0.1:{}", self.port) }
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        if self.https { format!("https://{}", self.host()) } else { format!("http://{}", self.host()) }
     }
 
     /// Every request the stand-in received so far.
@@ -122,17 +169,38 @@ pub struct AwsBastion {
 impl AwsBastion {
     /// `rules` is the identity rules text; `extra` more server flags.
     pub fn start(rules: &str, extra: &[&str]) -> Self {
-        let dir = crate::tempdir();
-        let sts = StsStandin::start(dir.path(), &[&ALICE, &BOB, &CAROL]);
+        Self::start_with(crate::tempdir(), rules, extra, None, &[])
+    }
+
+    /// With an HTTPS stand-in (`tls`, see [`localhost_certificate`]) and more server environment.
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        rules: &str,
+        extra: &[&str],
+        tls: Option<&(PathBuf, PathBuf, PathBuf)>,
+        env: &[(&str, &Path)],
+    ) -> Self {
+        let sts = StsStandin::start_with(dir.path(), &[&ALICE, &BOB, &CAROL], tls);
         let ca = ClientKey::generate(dir.path(), "user_ca", "ed25519", None);
         let path = dir.path().join("identity_rules");
         std::fs::write(&path, rules).unwrap();
-        let server = Self::server(dir.path(), &sts, &ca, &path, extra);
+        let server = Self::server_with(dir.path(), &sts, &ca, &path, extra, env);
         Self { dir, sts, server, rules: path, ca }
     }
 
     /// Another bastion with the same CA and rules (another task, another deployment).
     pub fn server(dir: &Path, sts: &StsStandin, ca: &ClientKey, rules: &Path, extra: &[&str]) -> Server {
+        Self::server_with(dir, sts, ca, rules, extra, &[])
+    }
+
+    fn server_with(
+        dir: &Path,
+        sts: &StsStandin,
+        ca: &ClientKey,
+        rules: &Path,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Server {
         let host_key = dir.join(format!("host_key.{}", unique()));
         let out = Command::new(crate::bastion_bin()).arg("keygen").arg("--out").arg(&host_key).output().unwrap();
         assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
@@ -147,6 +215,9 @@ impl AwsBastion {
             .args(extra);
         if !extra.contains(&"--name") {
             builder = builder.args(["--name", "127.0.0.1"]);
+        }
+        for (name, value) in env {
+            builder = builder.env(name, value);
         }
         builder.start()
     }

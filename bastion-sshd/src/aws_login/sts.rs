@@ -4,24 +4,43 @@
 //! client's.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
 use quick_xml::de::from_str;
 use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName};
 
-/// How long STS may take to answer.
+/// How long STS may take to answer, connection and TLS included.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of an answer that is read. A GetCallerIdentity answer is under 1 KiB.
+const MAX_ANSWER: usize = 64 << 10;
 
 /// Where proofs go.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Sts {
-    http: reqwest::Client,
-    /// `https://sts.REGION.amazonaws.com/` or `--sts-endpoint`.
-    url: reqwest::Url,
-    /// `host[:port]` of `url`: what a proof must be signed for.
+    /// For display: `https://sts.REGION.amazonaws.com/` or `--sts-endpoint`.
+    url: String,
+    /// What to connect to.
+    connect_host: String,
+    port: u16,
+    /// TLS with the roots of SSL_CERT_FILE or the system; None for http:// to loopback.
+    tls: Option<Arc<ClientConfig>>,
+    /// `host[:port]` of the endpoint: the Host header, and what a proof must be signed for.
     host: String,
     /// The region proofs are signed for.
     region: String,
+}
+
+impl std::fmt::Debug for Sts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sts").field("url", &self.url).field("region", &self.region).finish()
+    }
 }
 
 /// Who signed the proof, as STS says.
@@ -51,37 +70,41 @@ impl std::fmt::Display for StsError {
 }
 
 impl Sts {
-    /// `endpoint` must be https, or http to a loopback address (a test stand-in).
+    /// `endpoint` is `https://HOST[:PORT]`, or `http://` to a loopback address (a test stand-in).
     pub fn new(endpoint: &str, region: &str) -> Result<Self, String> {
-        let url = reqwest::Url::parse(endpoint).map_err(|e| format!("--sts-endpoint {endpoint:?}: {e}"))?;
-        let host_name = url.host_str().ok_or_else(|| format!("--sts-endpoint {endpoint:?} has no host"))?;
-        let loopback =
-            host_name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        match url.scheme() {
-            "https" => {}
-            "http" if loopback => {}
+        let bad = |why: &str| format!("--sts-endpoint {endpoint:?}: {why}");
+        let (scheme, rest) = endpoint.split_once("://").ok_or_else(|| bad("not a URL (https://HOST[:PORT])"))?;
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+            return Err(bad("give scheme, host and port only"));
+        }
+        let (host_name, port) = split_host_port(authority).ok_or_else(|| bad("not HOST[:PORT]"))?;
+        let ip = host_name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
+        let tls = match scheme {
+            "https" => Some(Arc::new(tls_config()?)),
+            "http" if ip.is_some_and(|ip| ip.is_loopback()) => None,
             scheme => {
-                return Err(format!(
-                    "--sts-endpoint {endpoint:?}: {scheme}:// is not allowed; use https:// (http:// only to a loopback address)"
-                ));
+                return Err(bad(&format!(
+                    "{scheme}:// is not allowed; use https:// (http:// only to a loopback address)"
+                )));
             }
-        }
-        if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
-            return Err(format!("--sts-endpoint {endpoint:?}: give scheme, host and port only"));
-        }
-        let host = match url.port() {
+        };
+        let default_port = if tls.is_some() { 443 } else { 80 };
+        let host = match port {
             Some(port) => format!("{host_name}:{port}"),
             None => host_name.to_string(),
         };
         if region.is_empty() {
             return Err("no STS region: set AWS_REGION (ECS sets it) or --sts-region".into());
         }
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(TIMEOUT)
-            .build()
-            .map_err(|e| format!("cannot build the HTTPS client: {e}"))?;
-        Ok(Self { http, url, host, region: region.to_string() })
+        Ok(Self {
+            url: format!("{scheme}://{host}/"),
+            connect_host: host_name.trim_start_matches('[').trim_end_matches(']').to_string(),
+            port: port.unwrap_or(default_port),
+            tls,
+            host,
+            region: region.to_string(),
+        })
     }
 
     pub fn host(&self) -> &str {
@@ -93,18 +116,15 @@ impl Sts {
     }
 
     pub fn url(&self) -> &str {
-        self.url.as_str()
+        &self.url
     }
 
     /// Sends the client's signed request; the ARN of whoever signed it.
     pub async fn get_caller_identity(&self, headers: &[(String, String)], body: &str) -> Result<Caller, StsError> {
-        let mut request = self.http.post(self.url.clone()).body(body.to_string());
-        for (name, value) in headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        let response = request.send().await.map_err(|e| StsError::Unavailable(format!("{}: {e}", self.url)))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| StsError::Unavailable(format!("reading the answer: {e}")))?;
+        let (status, text) = tokio::time::timeout(TIMEOUT, self.post(headers, body))
+            .await
+            .map_err(|_| StsError::Unavailable(format!("{}: no answer within {TIMEOUT:?}", self.url)))?
+            .map_err(|e| StsError::Unavailable(format!("{}: {e}", self.url)))?;
         if status.is_success() {
             return parse_caller(&text).map_err(StsError::Unavailable);
         }
@@ -114,6 +134,92 @@ impl Sts {
             None => Err(StsError::Unavailable(format!("HTTP {status}"))),
         }
     }
+
+    /// One POST on a new connection: no pooling (a login is rare), no redirects.
+    async fn post(&self, headers: &[(String, String)], body: &str) -> Result<(hyper::StatusCode, String), String> {
+        let tcp = TcpStream::connect((self.connect_host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            Some(config) => {
+                let name = ServerName::try_from(self.connect_host.clone()).map_err(|e| e.to_string())?;
+                let tls =
+                    TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+                send(TokioIo::new(tls), &self.host, headers, body).await
+            }
+            None => send(TokioIo::new(tcp), &self.host, headers, body).await,
+        }
+    }
+}
+
+async fn send<T>(
+    io: T,
+    host: &str,
+    headers: &[(String, String)],
+    body: &str,
+) -> Result<(hyper::StatusCode, String), String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(connection);
+    let mut request = hyper::Request::post("/").header(hyper::header::HOST, host);
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request.body(Full::new(Bytes::from(body.to_string()))).map_err(|e| e.to_string())?;
+    let result = async {
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let bytes = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port`.
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')? + 1;
+        match &authority[end..] {
+            "" => (&authority[..end], None),
+            rest => (&authority[..end], Some(rest.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0)?),
+        None => None,
+    };
+    let name_ok = host.starts_with('[')
+        || (!host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
+    name_ok.then_some((host, port))
+}
+
+/// rustls with aws-lc-rs, trusting the roots of SSL_CERT_FILE (the image sets it) or the system's.
+fn tls_config() -> Result<ClientConfig, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(format!(
+            "no CA certificates to verify STS with (set SSL_CERT_FILE to a PEM bundle){}",
+            found.errors.first().map(|e| format!(": {e}")).unwrap_or_default()
+        ));
+    }
+    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS configuration: {e}"))
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
 #[derive(Debug, Deserialize)]

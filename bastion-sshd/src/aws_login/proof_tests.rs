@@ -100,6 +100,7 @@ fn only_a_get_caller_identity_is_forwarded() {
 fn headers_outside_the_list_or_with_control_characters_are_refused() {
     assert!(refused(|p| set(p, "x-forwarded-host", "evil")).contains("\"x-forwarded-host\" is not allowed"));
     assert!(refused(|p| set(p, "content-type", "text/plain\r\nX-Evil: 1")).contains("control character"));
+    assert!(refused(|p| set(p, "x-amz-security-token", "tök")).contains("outside printable ASCII"));
     assert!(refused(|p| p.headers.push(("host".into(), "sts.eu-west-1.amazonaws.com".into()))).contains("twice"));
     assert!(refused(|p| set(p, "content-type", "application/json")).contains("no content-type"));
 }

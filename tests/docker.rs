@@ -200,16 +200,33 @@ fn bastion_image_carries_psql_as_nobody_turns_healthy_and_drains_on_docker_stop(
 
     let host_key = host_key(&images);
     let authorized = format!("{}\n", key.public_line);
+    // AWS logins on, as the stack sets them up: the user CA and the rules as
+    // secrets, the regional STS endpoint. Nothing here logs in that way (that is
+    // tests/aws_login.rs), so nothing is sent to it.
+    let user_ca = host_key(&images);
+    let rules = format!("arn:aws:iam::111122223333:user/alice permitopen=\"{target}\"\n");
+    let sts = "https://sts.eu-west-1.amazonaws.com";
     let task = TaskContainer::from_task_definition(
         "bastion-sshd",
-        &[("RECORD_NAME", "bastion.example.test"), ("PERMIT_OPEN", &target)],
+        &[
+            ("RECORD_NAME", "bastion.example.test"),
+            ("PERMIT_OPEN", &target),
+            ("STS_ENDPOINT", sts),
+            ("MAX_CERTIFICATE_VALIDITY", "8h"),
+        ],
     );
     let container = task.start(
         &images,
         images.var("BASTION_IMAGE"),
         // Check health every second instead of every 30 s.
         &["--health-interval", "1s", "--health-start-period", "0s"],
-        &[("BASTION_HOST_KEY", &host_key), ("BASTION_AUTHORIZED_KEYS", &authorized), ("BASTION_DRAIN_TIMEOUT", "3s")],
+        &[
+            ("BASTION_HOST_KEY", &host_key),
+            ("BASTION_AUTHORIZED_KEYS", &authorized),
+            ("BASTION_USER_CA_KEY", &user_ca),
+            ("BASTION_AWS_IDENTITY_RULES", &rules),
+            ("BASTION_DRAIN_TIMEOUT", "3s"),
+        ],
     );
     // The image's own settings are the task definition's.
     assert_eq!(container.inspect("{{.Config.User}}"), task.definition["user"].as_str().unwrap());
@@ -219,6 +236,12 @@ fn bastion_image_carries_psql_as_nobody_turns_healthy_and_drains_on_docker_stop(
     assert_eq!(task.definition["portMappings"][0]["containerPort"], 22);
     let server = Server::from_log(container.logs(), dir.path(), Some(SocketAddr::new(container.ip(), 22)));
     assert_eq!(server.wait_event("hostkey.loaded", |_| true)["source"], "BASTION_HOST_KEY");
+    let logins = server.wait_event("aws_login.enabled", |_| true);
+    assert_eq!(
+        (logins["ca_source"].as_str(), logins["sts_endpoint"].as_str()),
+        (Some("BASTION_USER_CA_KEY"), Some(sts))
+    );
+    assert_eq!(logins["rules"], 1, "{logins}");
 
     // The server process, seen from the host: not root, no capabilities, no_new_privs.
     server.wait_event("server.privileges_dropped", |e| e["uid"] == 65534 && e["gid"] == 65534);

@@ -198,12 +198,13 @@ fn bastion_image_carries_psql_as_nobody_turns_healthy_and_drains_on_docker_stop(
     let pg = Postgres::start_on(pg_dir.path(), images.gateway());
     let target = format!("{}:{}", images.gateway(), pg.port);
 
+    // The user CA for AWS logins: the same kind of key, made the same way.
+    let user_ca = host_key(&images);
     let host_key = host_key(&images);
     let authorized = format!("{}\n", key.public_line);
     // AWS logins on, as the stack sets them up: the user CA and the rules as
     // secrets, the regional STS endpoint. Nothing here logs in that way (that is
     // tests/aws_login.rs), so nothing is sent to it.
-    let user_ca = host_key(&images);
     let rules = format!("arn:aws:iam::111122223333:user/alice permitopen=\"{target}\"\n");
     let sts = "https://sts.eu-west-1.amazonaws.com";
     let task = TaskContainer::from_task_definition(

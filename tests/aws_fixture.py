@@ -10,6 +10,7 @@
   aws_fixture.py eni-private ENDPOINT PRIVATE_IP      -> {"interface": "eni-..."}   (no public IP)
   aws_fixture.py sample ENDPOINT ZONE NAME            (until killed: one JSON line per reading of NAME,
       {"a": [values of the A record], "markers": [values of its TXT markers]}, every 20 ms)
+  aws_fixture.py ecs-desired ENDPOINT CLUSTER SERVICE N  -> {"desired": N}   (someone scales the service)
   aws_fixture.py eni-twins ENDPOINT PRIVATE_IP        -> [{"interface","mac","public_ip","vpc"}, ...]
       (two VPCs with the same CIDR, each with an interface holding PRIVATE_IP and an Elastic IP)
   aws_fixture.py create-legacy ENDPOINT ZONE NAME VALUE OWNER  (a record and its marker as dns-sidecar
@@ -37,6 +38,10 @@ def main(argv):
         r53 = client("route53", endpoint)
         zone = r53.create_hosted_zone(Name=argv[3], CallerReference=argv[3] + "-test")
         print(json.dumps({"zone": zone["HostedZone"]["Id"].split("/")[-1]}))
+    elif command == "ecs-desired":
+        ecs = client("ecs", endpoint)
+        service = ecs.update_service(cluster=argv[3], service=argv[4], desiredCount=int(argv[5]))["service"]
+        print(json.dumps({"desired": service["desiredCount"]}))
     elif command in ("list", "list-all"):
         r53 = client("route53", endpoint)
         sets = r53.list_resource_record_sets(HostedZoneId=argv[3])["ResourceRecordSets"]

@@ -257,6 +257,13 @@ pub struct ServerArgs {
     #[arg(long, value_name = "NAME", env = "BASTION_NAME", default_value = "bastion")]
     pub name: String,
 
+    /// Where the sidecar reads whether anyone is logged in (one JSON line per connection:
+    /// open logins, tunnels, idle seconds; nothing is read), for its idle stop
+    /// (`dns-sidecar --idle-stop`). Loopback only. `off`: not served. Default 127.0.0.1:8022;
+    /// when that port is taken, a warning and no report (an address given here must bind).
+    #[arg(long, value_name = "ADDR|off", env = "BASTION_ACTIVITY_LISTEN", value_parser = parse_activity_listen)]
+    pub activity_listen: Option<ActivityListen>,
+
     /// Started as root (to bind port 22 in a container), become this numeric UID:GID
     /// after binding and before accepting anything; never root. Ignored when not started as root.
     #[arg(long, value_name = "UID:GID", env = "BASTION_RUN_AS", default_value = "65534:65534")]
@@ -294,6 +301,21 @@ pub struct HealthcheckArgs {
     /// Give up after this long.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// Where the activity report is served when `--activity-listen` is not given.
+pub const DEFAULT_ACTIVITY_LISTEN: &str = "127.0.0.1:8022";
+
+/// `--activity-listen`: a loopback address, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivityListen(pub Option<SocketAddr>);
+
+fn parse_activity_listen(s: &str) -> Result<ActivityListen, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(ActivityListen(None));
+    }
+    let addr: SocketAddr = s.trim().parse().map_err(|e| format!("{e} (examples: 127.0.0.1:8022, off)"))?;
+    crate::usage::check_address(addr).map(|a| ActivityListen(Some(a)))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

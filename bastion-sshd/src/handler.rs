@@ -65,6 +65,8 @@ pub struct Shared {
     pub key_lookups: LookupsByKey,
     /// AWS-identity logins (`bastion login`); None unless `--user-ca-key` is set.
     pub aws_login: Option<Arc<crate::aws_login::AwsLogin>>,
+    /// Who is logged in, for the sidecar's idle stop (`usage`).
+    pub usage: Arc<crate::usage::Usage>,
 }
 
 /// Server-wide tunnel counts, for the shutdown report.

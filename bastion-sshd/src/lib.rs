@@ -28,3 +28,4 @@ pub mod resolve;
 pub mod server;
 pub mod session;
 pub mod tunnel;
+pub mod usage;

@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 
 use crate::auth;
 use crate::aws_login::AwsLogin;
-use crate::cli::ServerArgs;
+use crate::cli::{ActivityListen, ServerArgs};
 use crate::config::{Listen, Loaded};
 use crate::handler::{Connection, ConnectionHandler, Drain, Shared, Signals, TunnelStats};
 use crate::hostkey::HostKey;
@@ -169,6 +169,8 @@ pub struct Prepared {
     host_keys: Vec<HostKey>,
     /// Bound while still root (port 22); served after the switch to `--run-as`.
     listeners: Vec<std::net::TcpListener>,
+    /// `--activity-listen`, bound before anything is served (a port in use fails the start).
+    activity: Option<std::net::TcpListener>,
 }
 
 /// Loads and checks the configuration, binds the listen addresses and gives up
@@ -205,6 +207,21 @@ pub fn prepare(args: ServerArgs) -> anyhow::Result<Prepared> {
     log_keys(&loaded.keys);
 
     let listeners = bind_all(&loaded.listen)?;
+    let activity = match args.activity_listen {
+        Some(ActivityListen(Some(addr))) => Some(bind_activity(addr)?),
+        Some(ActivityListen(None)) => None,
+        None => {
+            let addr = crate::cli::DEFAULT_ACTIVITY_LISTEN.parse()?;
+            bind_activity(addr)
+                .map_err(|e| {
+                    warn!(
+                        event = "activity.unavailable",
+                        "{e}: no activity report, so no idle stop (dns-sidecar --idle-stop)"
+                    )
+                })
+                .ok()
+        }
+    };
     match privileges::drop_root(args.run_as).map_err(|e| anyhow::anyhow!("giving up root: {e}"))? {
         Outcome::Dropped(run_as) => info!(
             event = "server.privileges_dropped",
@@ -214,7 +231,18 @@ pub fn prepare(args: ServerArgs) -> anyhow::Result<Prepared> {
         ),
         Outcome::NotRoot { uid, gid } => info!(event = "server.unprivileged", uid, gid, "running as {uid}:{gid}"),
     }
-    Ok(Prepared { args, loaded, host_keys, listeners })
+    Ok(Prepared { args, loaded, host_keys, listeners, activity })
+}
+
+/// The activity report's socket (`usage`).
+fn bind_activity(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        anyhow::anyhow!(
+            "--activity-listen {addr}: cannot listen: {e} (BASTION_ACTIVITY_LISTEN: another loopback port, or off)"
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -226,7 +254,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         .map_err(|e| error!(event = "keys.reload_failed", "no SIGHUP handler ({e}); keys reload on file change only"))
         .ok();
 
-    let Prepared { args, mut loaded, host_keys, listeners } = prepared;
+    let Prepared { args, mut loaded, host_keys, listeners, activity } = prepared;
     let config = Arc::new(russh_config(&args, &host_keys));
     let live_keys = Arc::new(LiveKeys::new(std::mem::take(&mut loaded.keys)));
     let (generation_tx, generation_rx) = watch::channel(0u64);
@@ -253,7 +281,14 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         lookups: crate::resolve::TotalLookups::default(),
         key_lookups: crate::resolve::LookupsByKey::default(),
         aws_login,
+        usage: Arc::new(crate::usage::Usage::new()),
     });
+    if let Some(listener) = activity {
+        let listener = TcpListener::from_std(listener)?;
+        let (usage, stats) = (shared.usage.clone(), shared.clone());
+        let tunnels = move || stats.tunnels.open.load(Ordering::Relaxed);
+        tokio::spawn(crate::usage::serve(listener, usage, tunnels, drain_rx.clone()));
+    }
     let deadlines = Arc::new(Deadlines {
         login_grace_time: args.login_grace_time,
         silence_limit: liveness::silence_limit(args.keepalive_interval, args.keepalive_max),
@@ -355,7 +390,13 @@ impl ConnectionTask {
         let local = stream.local_addr().unwrap_or(peer);
         let _ = stream.set_nodelay(true);
         info!(target: "audit", event = "connection.accepted", conn = %id, peer = %peer, local = %local, "connection {id} from {peer}");
-        let ended = self.serve(&mut ticket, stream, Connection { id: id.clone(), peer, local }).await;
+        let _open = self.shared.usage.connection();
+        let mut in_use = None;
+        let ended = self.serve(&mut ticket, stream, Connection { id: id.clone(), peer, local }, &mut in_use).await;
+        if ended.authenticated && in_use.is_none() {
+            self.shared.usage.login_seen(); // logged in and left before the loop saw it
+        }
+        drop(in_use);
         info!(
             target: "audit",
             event = "connection.closed",
@@ -379,8 +420,15 @@ impl ConnectionTask {
         }
     }
 
-    /// Serves the connection; says why and how it ended.
-    async fn serve(&mut self, ticket: &mut Ticket, stream: TcpStream, conn: Connection) -> Ended {
+    /// Serves the connection; says why and how it ended. `in_use` counts it as
+    /// in use (`usage`) from the login on.
+    async fn serve(
+        &mut self,
+        ticket: &mut Ticket,
+        stream: TcpStream,
+        conn: Connection,
+        in_use: &mut Option<crate::usage::SessionGuard>,
+    ) -> Ended {
         let conn_id = conn.id.clone();
         let peer = conn.peer;
         let deadline = Instant::now() + self.deadlines.login_grace_time;
@@ -450,6 +498,7 @@ impl ConnectionTask {
                     if changed.is_ok() && *authenticated.borrow_and_update() {
                         is_authenticated = true;
                         ticket.authenticated();
+                        *in_use = Some(self.shared.usage.session());
                         expiry = signals.expires.lock().ok().and_then(|e| *e).map(|e| (instant_at(e.at), e.what));
                         // No mark_unchanged() here: a reload that landed while the client was
                         // logging in (after its key was checked) must still judge this session.

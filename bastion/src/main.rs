@@ -3,6 +3,8 @@
 //! - `bastion login HOST`: proves the caller's AWS identity to the bastion
 //!   and gets a short-lived OpenSSH certificate for a key made here.
 //! - `bastion config HOST`: the `~/.ssh/config` stanza that uses it.
+//! - `bastion proxy --cluster C --service S HOST PORT`: an ssh ProxyCommand
+//!   that starts the bastion's ECS service when it has no task, and connects.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +15,9 @@ mod files;
 mod known_hosts;
 mod login;
 mod proof;
+mod proxy;
 mod ssm;
+mod wake;
 
 #[derive(Debug, Parser)]
 #[command(name = "bastion", version, about = "Log in to a Fargate bastion with your AWS identity; then use plain ssh")]
@@ -27,8 +31,65 @@ enum Command {
     /// Prove your AWS identity to the bastion and get an SSH certificate for a fresh key.
     /// AWS credentials come from the standard chain (environment, AWS_PROFILE, SSO, credential_process).
     Login(LoginCli),
-    /// Print the ~/.ssh/config stanza that makes ssh (and GUI tools) use the certificate.
-    Config(Target),
+    /// Print the ~/.ssh/config stanza that makes ssh (and GUI tools) use the certificate
+    /// (and, with --cluster and --service, `bastion proxy`).
+    Config(ConfigCli),
+    /// An ssh ProxyCommand: starts the bastion's ECS service if it has no running task
+    /// (desired count 0 -> 1), waits for a healthy task, and connects ssh to it.
+    /// Progress goes to stderr. In ~/.ssh/config:
+    /// `ProxyCommand bastion proxy --cluster C --service S %h %p`
+    Proxy(ProxyCli),
+}
+
+#[derive(Debug, Args)]
+struct ConfigCli {
+    #[command(flatten)]
+    target: Target,
+
+    /// The bastion's ECS cluster, for a ProxyCommand line (the on-demand mode).
+    #[arg(long, requires = "service")]
+    cluster: Option<String>,
+
+    /// The bastion's ECS service, for a ProxyCommand line.
+    #[arg(long, requires = "cluster")]
+    service: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ProxyCli {
+    /// The ECS cluster of the bastion's service.
+    #[arg(long)]
+    cluster: String,
+
+    /// The bastion's ECS service.
+    #[arg(long)]
+    service: String,
+
+    /// AWS region. Default: AWS_REGION, or your profile's region.
+    #[arg(long)]
+    region: Option<String>,
+
+    /// How long to wait for a healthy task (Fargate starts one in 30-60 s).
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    wait_timeout: std::time::Duration,
+
+    /// Connect to the task's public IP, or its private IP (from a VPN into the VPC).
+    #[arg(long, value_enum, default_value = "public")]
+    address: proxy::AddressKind,
+
+    /// The name of the bastion's container in the task definition, whose health is awaited.
+    #[arg(long, default_value = "bastion-sshd")]
+    container: String,
+
+    /// The bastion's name (ssh's %h), for messages.
+    host: String,
+
+    /// The port to connect to on the task (ssh's %p).
+    port: u16,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 3m)"))
 }
 
 #[derive(Debug, Args)]
@@ -84,8 +145,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Login(args) => run_login(args),
-        Command::Config(target) => identity_file(&target).map_err(anyhow::Error::msg).map(|path| {
-            print!("{}", config_stanza(&target, &path));
+        Command::Config(args) => identity_file(&args.target).map_err(anyhow::Error::msg).map(|path| {
+            let proxy = args.cluster.as_deref().zip(args.service.as_deref());
+            print!("{}", config_stanza(&args.target, &path, proxy));
+        }),
+        Command::Proxy(args) => proxy::run(&proxy::ProxyArgs {
+            cluster: args.cluster,
+            service: args.service,
+            region: args.region,
+            wait_timeout: args.wait_timeout,
+            address: args.address,
+            container: args.container,
+            host: args.host,
+            port: args.port,
         }),
     };
     match result {
@@ -116,9 +188,17 @@ fn run_login(args: LoginCli) -> anyhow::Result<()> {
     runtime.block_on(login::run(&login))
 }
 
-/// The `~/.ssh/config` stanza for HOST.
-fn config_stanza(target: &Target, identity: &std::path::Path) -> String {
+/// The `~/.ssh/config` stanza for HOST; with `proxy` (cluster, service), through `bastion proxy`.
+fn config_stanza(target: &Target, identity: &std::path::Path, proxy: Option<(&str, &str)>) -> String {
     let port = if target.port == 22 { String::new() } else { format!("    Port {}\n", target.port) };
+    let proxy = proxy
+        .map(|(cluster, service)| {
+            format!(
+                "    # Starts the service when it has no task; ssh's ConnectTimeout applies once it connects.\n    \
+                 ProxyCommand bastion proxy --cluster {cluster} --service {service} %h %p\n"
+            )
+        })
+        .unwrap_or_default();
     format!(
         "# Written by `bastion config {host}`; refresh the certificate with `bastion login {host}`.\n\
          Host {host}\n\
@@ -127,7 +207,8 @@ fn config_stanza(target: &Target, identity: &std::path::Path) -> String {
          \x20   # Only this key: other keys would use up the bastion's authentication attempts.\n\
          \x20   IdentitiesOnly yes\n\
          \x20   ExitOnForwardFailure yes\n\
-         \x20   ServerAliveInterval 30\n",
+         \x20   ServerAliveInterval 30\n\
+         {proxy}",
         host = target.host,
         key = identity.display(),
         cert = files::cert_path(identity).display(),
@@ -147,10 +228,17 @@ mod tests {
     #[test]
     fn the_config_stanza_names_the_key_and_certificate() {
         let target = Target { host: "bastion.example.com".into(), port: 2222, identity_file: None };
-        let stanza = config_stanza(&target, std::path::Path::new("/home/a/.ssh/bastion-bastion.example.com-2222"));
+        let stanza =
+            config_stanza(&target, std::path::Path::new("/home/a/.ssh/bastion-bastion.example.com-2222"), None);
         assert!(stanza.contains("Host bastion.example.com\n    Port 2222\n"), "{stanza}");
         assert!(stanza.contains("    IdentityFile /home/a/.ssh/bastion-bastion.example.com-2222\n"), "{stanza}");
         assert!(stanza.contains("    CertificateFile /home/a/.ssh/bastion-bastion.example.com-2222-cert.pub\n"));
         assert!(stanza.contains("    IdentitiesOnly yes\n"));
+        assert!(!stanza.contains("ProxyCommand"));
+        let on_demand = config_stanza(&target, std::path::Path::new("/k"), Some(("prod", "bastion")));
+        assert!(
+            on_demand.contains("    ProxyCommand bastion proxy --cluster prod --service bastion %h %p\n"),
+            "{on_demand}"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::cli::AddressSource;
-use crate::ec2::{Ec2, Lookup};
+use bastion_common::ec2::{Ec2, Lookup};
 
 /// Asks EC2 for the public IP of the interface holding `private` (with
 /// the MAC address `mac`, when known), retrying while the association is not

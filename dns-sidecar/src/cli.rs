@@ -98,6 +98,28 @@ pub struct Cli {
     #[arg(long, env = "DNS_SIDECAR_STARTUP_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub startup_timeout: Duration,
 
+    /// Scale the ECS service to 0 after this long with nobody logged in to bastion-sshd (its
+    /// activity report), so that the task runs only while used; `bastion proxy` wakes it.
+    /// off, or a duration (30m). Needs --ecs-service.
+    #[arg(long, value_name = "DURATION|off", env = "DNS_SIDECAR_IDLE_STOP", default_value = "off", value_parser = parse_off_or_duration)]
+    pub idle_stop: Duration,
+
+    /// The ECS service the idle stop scales (the task metadata does not name it on Fargate).
+    #[arg(long, env = "DNS_SIDECAR_ECS_SERVICE")]
+    pub ecs_service: Option<String>,
+
+    /// The service's cluster. Default: the task's, from the task metadata.
+    #[arg(long, env = "DNS_SIDECAR_ECS_CLUSTER")]
+    pub ecs_cluster: Option<String>,
+
+    /// bastion-sshd's activity report (its --activity-listen), for the idle stop.
+    #[arg(long, env = "DNS_SIDECAR_ACTIVITY_ADDRESS", default_value = "127.0.0.1:8022")]
+    pub activity_address: SocketAddr,
+
+    /// How often the idle stop reads the activity report.
+    #[arg(long, env = "DNS_SIDECAR_IDLE_POLL", default_value = "15s", value_parser = parse_duration)]
+    pub idle_poll: Duration,
+
     /// The task metadata endpoint (ECS sets ECS_CONTAINER_METADATA_URI_V4).
     #[arg(long, env = "ECS_CONTAINER_METADATA_URI_V4")]
     pub metadata_uri: Option<String>,
@@ -141,6 +163,11 @@ pub enum Mode {
 pub enum LogFormat {
     Json,
     Text,
+}
+
+/// A duration, or `off` (also `0`): zero.
+fn parse_off_or_duration(s: &str) -> Result<Duration, String> {
+    if s.trim().eq_ignore_ascii_case("off") { Ok(Duration::ZERO) } else { parse_duration(s) }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -4,12 +4,16 @@
 
 mod address;
 mod cli;
-mod ec2;
 mod endpoint;
+mod idle;
 mod metadata;
 mod ownership;
+use bastion_common::ec2::Ec2;
+use bastion_common::ecs::Ecs;
 use bastion_common::region;
+use bastion_common::signed::SignedClient;
 mod route53;
+mod scale;
 mod status;
 
 use std::io::IsTerminal;
@@ -90,6 +94,20 @@ struct Aws {
     zone: Zone,
 }
 
+impl Aws {
+    /// Signed calls with the task role, in the task's region (EC2, ECS: `bastion_common`).
+    fn signed(&self) -> Result<SignedClient, String> {
+        let region = self
+            .config
+            .region()
+            .map(|r| r.to_string())
+            .ok_or("no AWS region: set AWS_REGION (ECS sets it in tasks) to find the EC2 and ECS endpoints")?;
+        let credentials =
+            self.config.credentials_provider().ok_or("no AWS credentials provider (the task role is missing?)")?;
+        Ok(SignedClient::new(self.http.clone(), &region, credentials))
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
     // Handlers first: ECS may stop the task at any moment.
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
@@ -124,6 +142,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let aws = Aws { http, config, zone };
 
     let task = task_metadata(&cli, &aws).await?;
+    let idle_settings = idle_settings(&cli, task.as_ref())?;
     let claim = claim(&cli, task.as_ref(), started)?;
     let mut desired = desired_records(&cli, &aws, task.as_ref(), &claim).await?;
 
@@ -154,6 +173,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         info!(event = "sidecar.done", "published; --once: exiting without cleanup");
         return Ok(());
     }
+    let idle = match idle_settings {
+        Some(settings) => Some(scale::spawn(settings, Ecs::new(aws.signed()?))),
+        None => None,
+    };
 
     let signal = loop {
         let standing_by = matches!(*state.borrow(), State::StandingBy { .. });
@@ -185,10 +208,42 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     info!(event = "sidecar.stopping", signal, "{signal}: deleting what we wrote");
     state.send_replace(State::Stopping);
-    match tokio::time::timeout(cli.shutdown_timeout, cleanup(&cli, &aws.zone, &desired)).await {
+    let idle_done = async {
+        if let Some(idle) = idle {
+            idle.finish(cli.shutdown_timeout).await;
+        }
+    };
+    let cleanup = tokio::time::timeout(cli.shutdown_timeout, cleanup(&cli, &aws.zone, &desired));
+    match tokio::join!(cleanup, idle_done).0 {
         Ok(result) => result,
         Err(_) => Err(format!("cleanup did not finish within --shutdown-timeout {:?}", cli.shutdown_timeout)),
     }
+}
+
+/// The idle stop's settings, when `--idle-stop` is on.
+fn idle_settings(cli: &Cli, task: Option<&Task>) -> Result<Option<scale::Settings>, String> {
+    if cli.idle_stop.is_zero() {
+        return Ok(None);
+    }
+    if cli.once {
+        return Err("--idle-stop watches the task while it runs; --once exits after publishing".into());
+    }
+    let service = cli.ecs_service.clone().filter(|s| !s.trim().is_empty()).ok_or(
+        "--idle-stop needs --ecs-service (DNS_SIDECAR_ECS_SERVICE): the service to scale to 0 \
+         (the task metadata does not name it on Fargate)",
+    )?;
+    let cluster = match (&cli.ecs_cluster, task.and_then(Task::cluster_name)) {
+        (Some(cluster), _) => cluster.clone(),
+        (None, Some(cluster)) => cluster.to_string(),
+        (None, None) => return Err("--idle-stop needs --ecs-cluster: there is no task metadata to read it from".into()),
+    };
+    Ok(Some(scale::Settings {
+        after: cli.idle_stop,
+        poll: cli.idle_poll,
+        activity: cli.activity_address,
+        cluster,
+        service,
+    }))
 }
 
 /// What a reconcile of one record came to.
@@ -287,7 +342,7 @@ async fn desired_records(cli: &Cli, aws: &Aws, task: Option<&Task>, claim: &Clai
                 AddressSource::Private => IpAddr::V4(private),
                 AddressSource::Checkip => address::from_checkip(&aws.http, &cli.checkip_url).await?,
                 AddressSource::Eni => {
-                    let ec2 = ec2::Ec2::new(aws.http.clone(), &aws.config)?;
+                    let ec2 = Ec2::new(aws.signed()?, "the task role");
                     let mac = task.mac_address();
                     address::from_eni(&ec2, private, mac.as_deref(), cli.startup_timeout).await?
                 }

@@ -5,6 +5,7 @@
 //! Readiness is always observed (a log line, a port accepting), never slept for.
 
 pub mod aws;
+pub mod ecs;
 pub mod sidecar;
 pub mod sts;
 pub mod vpc;
@@ -305,7 +306,12 @@ impl ServerBuilder {
         let given = |flag: &str| self.cmd.get_args().any(|a| a == flag);
         let (listen_given, permit_given, penalty_given, health_given) =
             (given("--listen"), given("--permit-open"), given("--penalty"), given("--health-check-sources"));
+        let activity_given = given("--activity-listen");
         let mut cmd = self.cmd;
+        if !activity_given {
+            // Servers run side by side: each reports its activity on a free port (`activity.listening`).
+            cmd.args(["--activity-listen", "127.0.0.1:0"]);
+        }
         if !listen_given {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }

@@ -1,6 +1,7 @@
-//! The one EC2 call the sidecar makes: `DescribeNetworkInterfaces`, filtered
-//! by the task's private IPv4, to read the public IP associated with the
-//! task's network interface. Several VPCs in one account and region may use
+//! The one EC2 call the project makes: `DescribeNetworkInterfaces`, to read
+//! the public IP associated with a task's network interface. The sidecar
+//! looks its own interface up by the task's private IPv4; `bastion proxy`
+//! looks a task's interface up by the id that ECS gives. Several VPCs in one account and region may use
 //! the same CIDR, so several interfaces may hold that IP: the answer is
 //! matched on the MAC address the task metadata gives. (The `mac-address`
 //! filter would do it server-side, but the filter on the answer works
@@ -11,9 +12,9 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use bastion_common::signed::SignedClient;
 use serde::Deserialize;
-use tracing::warn;
+
+use crate::signed::SignedClient;
 
 /// EC2 Query API version.
 const API_VERSION: &str = "2016-11-15";
@@ -21,10 +22,12 @@ const API_VERSION: &str = "2016-11-15";
 const ATTEMPTS: u32 = 6;
 
 pub struct Ec2 {
-    /// Signs with the task role, for the task's region (`bastion_common::signed`).
+    /// Signs with the caller's credentials, for its region.
     client: SignedClient,
     /// `https://ec2.<region>.amazonaws.com` (`.com.cn` in China), or the `AWS_ENDPOINT_URL_EC2` / `AWS_ENDPOINT_URL` override.
     endpoint: String,
+    /// Who needs `ec2:DescribeNetworkInterfaces` when it is denied: "the task role", "your AWS identity".
+    who: &'static str,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,16 +147,9 @@ fn parse_error(xml: &str) -> Option<(String, String)> {
 }
 
 impl Ec2 {
-    pub fn new(http: reqwest::Client, config: &aws_config::SdkConfig) -> Result<Self, String> {
-        let region = config
-            .region()
-            .map(|r| r.to_string())
-            .ok_or("no AWS region: set AWS_REGION (ECS sets it in tasks) to find the EC2 endpoint".to_string())?;
-        let credentials = config
-            .credentials_provider()
-            .ok_or("no AWS credentials provider (the task role is missing?)".to_string())?;
-        let endpoint = bastion_common::signed::endpoint("EC2", "ec2", &region);
-        Ok(Self { client: SignedClient::new(http, &region, credentials), endpoint })
+    pub fn new(client: SignedClient, who: &'static str) -> Self {
+        let endpoint = crate::signed::endpoint("EC2", "ec2", &client.region);
+        Self { client, endpoint, who }
     }
 
     /// The public IPv4 of the interface holding `private_ip`, with the MAC
@@ -163,25 +159,40 @@ impl Ec2 {
             "Action=DescribeNetworkInterfaces&Version={API_VERSION}\
              &Filter.1.Name=addresses.private-ip-address&Filter.1.Value.1={private_ip}"
         );
+        let text = self.describe(&body).await?;
+        parse(&text, mac)
+    }
+
+    /// The public IPv4 of the interface `id` (`eni-…`, as DescribeTasks gives it).
+    pub async fn by_id(&self, id: &str) -> Result<Lookup, String> {
+        if !id.starts_with("eni-") || !id[4..].chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(format!("{id:?} is not a network interface id"));
+        }
+        let body = format!("Action=DescribeNetworkInterfaces&Version={API_VERSION}&NetworkInterfaceId.1={id}");
+        let text = self.describe(&body).await?;
+        parse(&text, None)
+    }
+
+    /// Sends one DescribeNetworkInterfaces; the answer's XML. Retries throttling and server errors.
+    async fn describe(&self, body: &str) -> Result<String, String> {
         let mut delay = Duration::from_millis(500);
         for attempt in 1..=ATTEMPTS {
-            let (status, text) = self.send(&body).await?;
+            let (status, text) = self.send(body).await?;
             if status.is_success() {
-                return parse(&text, mac);
+                return Ok(text);
             }
             let (code, message) = parse_error(&text).unwrap_or_else(|| (status.to_string(), text.clone()));
             let transient = status.is_server_error() || matches!(code.as_str(), "RequestLimitExceeded" | "Throttling");
             if !transient || attempt == ATTEMPTS {
                 let hint = match code.as_str() {
                     "UnauthorizedOperation" | "AccessDenied" | "AuthFailure" => {
-                        " (the task role needs ec2:DescribeNetworkInterfaces)"
+                        format!(" ({} needs ec2:DescribeNetworkInterfaces)", self.who)
                     }
-                    _ => "",
+                    _ => String::new(),
                 };
                 return Err(format!("ec2:DescribeNetworkInterfaces failed: {code}: {message}{hint}"));
             }
             let jitter = Duration::from_millis(rand::random_range(0..250));
-            warn!(event = "ec2.retry", code = %code, "ec2:DescribeNetworkInterfaces: {code}; retrying in {delay:?}");
             tokio::time::sleep(delay + jitter).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }

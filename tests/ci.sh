@@ -170,4 +170,7 @@ python3 tests/bench/bench.py --smoke --bastion target/release/bastion-sshd
 say "bastion login timing, smoke run (tests/bench/login.py; the figures are not judged)"
 python3 tests/bench/login.py --smoke --bastion target/release/bastion-sshd --login target/release/bastion
 
+say "bastion proxy overhead, smoke run (tests/bench/wake.py; the figures are not judged)"
+python3 tests/bench/wake.py --smoke --bastion target/release/bastion-sshd --proxy target/release/bastion
+
 say "all tests passed"

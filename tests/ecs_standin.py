@@ -26,6 +26,7 @@ Control API (JSON in, JSON out):
 
 import argparse
 import json
+import logging
 import socket
 import sys
 import threading
@@ -227,6 +228,7 @@ def handler_for(standin):
 
 def main():
     argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
     port = free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     moto.start()

@@ -217,6 +217,15 @@ fn events(proc: &Proc, name: &str) -> Vec<serde_json::Value> {
     proc.stderr().all().iter().filter(|l| event(l).as_deref() == Some(name)).map(|l| json(l)).collect()
 }
 
+/// One read of the task's bastion-sshd activity report, as the sidecar reads it.
+fn activity_report(run: &TaskRun) -> serde_json::Value {
+    let listening = run.procs[0].stderr().all().into_iter().find(|l| event(l).as_deref() == Some("activity.listening"));
+    let addr: SocketAddr = json(&listening.expect("activity.listening"))["addr"].as_str().unwrap().parse().unwrap();
+    let mut line = String::new();
+    std::io::Read::read_to_string(&mut std::net::TcpStream::connect(addr).unwrap(), &mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
 fn one_line(out: &Output) -> String {
     let text = String::from_utf8_lossy(&out.stderr).to_string();
     text.lines().last().unwrap_or_default().to_string()
@@ -270,8 +279,14 @@ fn an_open_session_prevents_the_stop_and_a_running_service_is_not_touched() {
     assert!(said.contains(&format!("connecting to {}", d.addr)), "{said}");
     assert_eq!(d.desired(), Some(1));
 
-    // The session stays open, idle, for many idle periods: the task stays.
+    // What the sidecar reads: counts and an idle clock, nothing about who or where.
     let runs = scheduler.tasks.lock().unwrap();
+    let report = activity_report(&runs[0]);
+    let keys: Vec<&str> = report.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["connections", "draining", "idle_seconds", "logins", "sessions", "tunnels"], "{report}");
+    assert_eq!((report["sessions"].as_u64(), report["idle_seconds"].as_f64()), (Some(1), None), "{report}");
+
+    // The session stays open, idle, for many idle periods: the task stays.
     let sidecar = sidecar(&runs[0]);
     let watching = Instant::now();
     while watching.elapsed() < Duration::from_secs(5) {
@@ -397,6 +412,44 @@ fn failures_say_what_to_fix_in_one_line() {
     let out = cmd.env("AWS_SECRET_ACCESS_KEY", "wrong").output().unwrap();
     let line = one_line(&out);
     assert!(line.contains("SignatureDoesNotMatch") || line.contains("signature"), "{line}");
+}
+
+#[test]
+fn no_activity_report_means_no_stop() {
+    // bastion-sshd's report cannot be read (nothing listens there): nobody is known to be idle.
+    let d = Deployment::new(1);
+    let nothing = free_port();
+    let mut cmd = sidecar_command(
+        &format!("{CLUSTER}/bastion"),
+        NAME,
+        &d.standin.moto,
+        &d.zone,
+        None,
+        None,
+        &["--address", "127.0.0.9", "--idle-poll", "100ms", "--activity-address", &format!("127.0.0.1:{nothing}")],
+    );
+    cmd.env("AWS_ENDPOINT_URL_ECS", &d.standin.moto).args([
+        "--idle-stop",
+        "1s",
+        "--ecs-service",
+        SERVICE,
+        "--ecs-cluster",
+        CLUSTER,
+    ]);
+    let side = Proc::spawn(cmd, Stdio::null());
+    let unreadable = wait_event(&side, "idle.activity_unreadable");
+    assert!(
+        unreadable["message"].as_str().unwrap_or_default().contains("no idle stop until it answers"),
+        "{unreadable}"
+    );
+    let watching = Instant::now();
+    while watching.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(d.desired(), Some(1));
+    assert!(events(&side, "idle.stopping").is_empty(), "{}", side.stderr().text());
+    // Said once per outage, not at every poll.
+    assert_eq!(events(&side, "idle.activity_unreadable").len(), 1, "{}", side.stderr().text());
 }
 
 #[test]

@@ -194,8 +194,10 @@ fn config_stanza(target: &Target, identity: &std::path::Path, proxy: Option<(&st
     let proxy = proxy
         .map(|(cluster, service)| {
             format!(
-                "    # Starts the service when it has no task; ssh's ConnectTimeout applies once it connects.\n    \
-                 ProxyCommand bastion proxy --cluster {cluster} --service {service} %h %p\n"
+                "    # Starts the service when it has no task (bastion proxy waits up to 3 minutes).\n    \
+                 ProxyCommand bastion proxy --cluster {cluster} --service {service} %h %p\n    \
+                 # A ConnectTimeout also bounds the wait for the banner through a ProxyCommand.\n    \
+                 ConnectTimeout 200\n"
             )
         })
         .unwrap_or_default();

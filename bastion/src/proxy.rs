@@ -17,8 +17,9 @@ use bastion_common::signed::SignedClient;
 
 use crate::wake::{self, Step};
 
-/// How often ECS is asked while waiting.
-const POLL: Duration = Duration::from_secs(2);
+/// How often ECS is asked while waiting (3 calls each time; ECS's API allows
+/// far more): the wait after a task turns healthy is at most this.
+const POLL: Duration = Duration::from_secs(1);
 /// A waiting line is repeated at most this often when nothing changes.
 const REPEAT: Duration = Duration::from_secs(5);
 /// The relay's buffer.

@@ -49,6 +49,13 @@ pub enum Decision {
     Restore,
 }
 
+/// Whether the service may be scaled to 0 by the idle stop: only a one-task
+/// service at rest. With several tasks (a deploy rolling, a service scaled
+/// out), 0 would stop the others too, and their users with them.
+pub fn may_stop(desired_count: u32, running_count: u32) -> bool {
+    desired_count == 1 && running_count <= 1
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Watching,
@@ -188,6 +195,15 @@ mod tests {
         assert!(!stop.restore_at_exit(Some(&report(0, 2, Some(90.0)))));
         assert!(stop.restore_at_exit(Some(&report(1, 3, None))));
         assert!(!stop.restore_at_exit(None));
+    }
+
+    #[test]
+    fn only_a_one_task_service_at_rest_is_stopped() {
+        assert!(may_stop(1, 1));
+        assert!(may_stop(1, 0));
+        assert!(!may_stop(2, 2), "scaled out: the other task has its own users");
+        assert!(!may_stop(1, 2), "a deploy rolling: old and new task");
+        assert!(!may_stop(0, 1), "already at 0");
     }
 
     #[test]

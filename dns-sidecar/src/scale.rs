@@ -148,8 +148,7 @@ async fn scale_to_zero(settings: &Settings, ecs: &Ecs, idle: Duration) -> bool {
             return false;
         }
     };
-    // Several tasks (a deploy rolling, or a service scaled out): scaling to 0 would stop the others too.
-    if current.desired_count != 1 || current.running_count > 1 {
+    if !crate::idle::may_stop(current.desired_count, current.running_count) {
         info!(
             event = "idle.skipped",
             desired_count = current.desired_count,

@@ -55,6 +55,8 @@ DEPLOY_<NAME>, e.g. DEPLOY_PERMIT_OPEN:
   --bastion-image URI:TAG  --sidecar-image URI:TAG   (default: <repository>:<tag>-<arch>)
   AWS logins (bastion login), both or neither: --user-ca-key-parameter /NAME
   --identity-rules-parameter /NAME; with them --max-certificate-validity DURATION (default 8h).
+  On-demand mode (the stack's Mode=on-demand): --idle-stop DURATION (e.g. 30m) with
+  --service-name NAME and --cluster-name NAME (default: the task's cluster).
 The partition defaults to the region's: cn-* aws-cn, us-gov-* aws-us-gov, else aws.
 --authorized-keys-parameter may be left out with AWS logins; the secrets and variables of what
 is left out are left out of the task definition.
@@ -80,6 +82,9 @@ AUTHORIZED_KEYS_PARAMETER=${DEPLOY_AUTHORIZED_KEYS_PARAMETER:-}
 USER_CA_KEY_PARAMETER=${DEPLOY_USER_CA_KEY_PARAMETER:-}
 IDENTITY_RULES_PARAMETER=${DEPLOY_IDENTITY_RULES_PARAMETER:-}
 MAX_CERTIFICATE_VALIDITY=${DEPLOY_MAX_CERTIFICATE_VALIDITY:-}
+IDLE_STOP=${DEPLOY_IDLE_STOP:-}
+SERVICE_NAME=${DEPLOY_SERVICE_NAME:-}
+CLUSTER_NAME=${DEPLOY_CLUSTER_NAME:-}
 PERMIT_OPEN=${DEPLOY_PERMIT_OPEN:-}
 HOSTED_ZONE_ID=${DEPLOY_HOSTED_ZONE_ID:-}
 RECORD_NAME=${DEPLOY_RECORD_NAME:-}
@@ -123,6 +128,9 @@ while [ $# -gt 0 ]; do
     --user-ca-key-parameter) USER_CA_KEY_PARAMETER=$value ;;
     --identity-rules-parameter) IDENTITY_RULES_PARAMETER=$value ;;
     --max-certificate-validity) MAX_CERTIFICATE_VALIDITY=$value ;;
+    --idle-stop) IDLE_STOP=$value ;;
+    --service-name) SERVICE_NAME=$value ;;
+    --cluster-name) CLUSTER_NAME=$value ;;
     --permit-open) PERMIT_OPEN=$value ;;
     --hosted-zone-id) HOSTED_ZONE_ID=$value ;;
     --record-name) RECORD_NAME=$value ;;
@@ -186,14 +194,15 @@ if [ -n "$RENDER_OUT" ]; then
     if [ -z "$SIDECAR_IMAGE" ] && [ -n "$SIDECAR_REPOSITORY" ]; then SIDECAR_IMAGE="$SIDECAR_REPOSITORY:$TAG-$arch"; fi
   fi
   # Fills every ${NAME} of the template; leaves out the environment and secrets entries of an
-  # optional value not given (AWS logins, authorized keys); fails on a missing, malformed or
-  # left-over value and on output that is not JSON, and writes OUT only when all is well.
+  # optional value not given (AWS logins, authorized keys, on-demand mode); fails on a missing,
+  # malformed or left-over value and on output that is not JSON, and writes OUT only when all is well.
   env RENDER_FAMILY="$FAMILY" RENDER_CPU_ARCHITECTURE="$CPU_ARCHITECTURE" \
     RENDER_EXECUTION_ROLE_ARN="$EXECUTION_ROLE_ARN" RENDER_TASK_ROLE_ARN="$TASK_ROLE_ARN" \
     RENDER_LOG_GROUP="$LOG_GROUP" RENDER_ACCOUNT_ID="$ACCOUNT_ID" RENDER_PARTITION="$PARTITION" \
     RENDER_HOST_KEY_PARAMETER="$HOST_KEY_PARAMETER" RENDER_AUTHORIZED_KEYS_PARAMETER="$AUTHORIZED_KEYS_PARAMETER" \
     RENDER_USER_CA_KEY_PARAMETER="$USER_CA_KEY_PARAMETER" RENDER_IDENTITY_RULES_PARAMETER="$IDENTITY_RULES_PARAMETER" \
     RENDER_MAX_CERTIFICATE_VALIDITY="$MAX_CERTIFICATE_VALIDITY" \
+    RENDER_IDLE_STOP="$IDLE_STOP" RENDER_SERVICE_NAME="$SERVICE_NAME" RENDER_CLUSTER_NAME="$CLUSTER_NAME" \
     RENDER_PERMIT_OPEN="$PERMIT_OPEN" RENDER_HOSTED_ZONE_ID="$HOSTED_ZONE_ID" RENDER_RECORD_NAME="$RECORD_NAME" \
     RENDER_BASTION_IMAGE="$BASTION_IMAGE" RENDER_SIDECAR_IMAGE="$SIDECAR_IMAGE" RENDER_REGION="$REGION" \
     python3 - deploy/task-definition.json "$RENDER_OUT" <<'PY'
@@ -205,7 +214,7 @@ placeholder = re.compile(r"\$\{([A-Z0-9_]+)\}")
 value = {n: os.environ.get("RENDER_" + n, "") for n in set(placeholder.findall(text))}
 # Optional: an environment or secrets entry that names one of these, empty, is left out.
 optional = {"AUTHORIZED_KEYS_PARAMETER", "USER_CA_KEY_PARAMETER", "IDENTITY_RULES_PARAMETER", "STS_ENDPOINT",
-            "MAX_CERTIFICATE_VALIDITY"}
+            "MAX_CERTIFICATE_VALIDITY", "IDLE_STOP", "SERVICE_NAME", "CLUSTER_NAME"}
 # AWS logins (bastion login): the user CA and the identity rules together, as bastion-sshd wants.
 if bool(value["USER_CA_KEY_PARAMETER"]) != bool(value["IDENTITY_RULES_PARAMETER"]):
     sys.exit("deploy/push.sh: AWS logins need both --user-ca-key-parameter and --identity-rules-parameter (or neither)")
@@ -220,12 +229,21 @@ elif value["MAX_CERTIFICATE_VALIDITY"]:
     sys.exit("deploy/push.sh: --max-certificate-validity is for AWS logins (--user-ca-key-parameter, --identity-rules-parameter)")
 else:
     value["STS_ENDPOINT"] = ""
+# On-demand mode: the sidecar's idle stop scales its own service, which it must be told.
+if value["IDLE_STOP"] and not value["SERVICE_NAME"]:
+    sys.exit("deploy/push.sh: --idle-stop needs --service-name (the service the idle stop scales to 0)")
+if not value["IDLE_STOP"] and (value["SERVICE_NAME"] or value["CLUSTER_NAME"]):
+    sys.exit("deploy/push.sh: --service-name and --cluster-name are for on-demand mode (--idle-stop)")
 doc = json.loads(text)
 for container in doc["containerDefinitions"]:
     for key in ("environment", "secrets"):
         if key in container:
             container[key] = [e for e in container[key]
                               if all(value[n] for n in placeholder.findall(json.dumps(e)) if n in optional)]
+    # On demand, bastion-sshd's health check every 5 s instead of 30 (the stack's !If [OnDemand,
+    # 5, 30]): the first check comes one interval after the start, and bastion proxy waits for it.
+    if container["name"] == "bastion-sshd" and value["IDLE_STOP"]:
+        container["healthCheck"]["interval"] = 5
 text = json.dumps(doc, indent=2) + "\n"
 names = sorted(set(placeholder.findall(text)))
 missing = [n for n in names if not value[n]]
@@ -243,6 +261,9 @@ forms = {
     "USER_CA_KEY_PARAMETER": r"/[A-Za-z0-9_.\-/]+",
     "IDENTITY_RULES_PARAMETER": r"/[A-Za-z0-9_.\-/]+",
     "MAX_CERTIFICATE_VALIDITY": r"([0-9]+[smhd])+",
+    "IDLE_STOP": r"([0-9]+[smh])+",
+    "SERVICE_NAME": r"[A-Za-z0-9_-]{1,255}",
+    "CLUSTER_NAME": r"[A-Za-z0-9_-]{1,255}",
     "RECORD_NAME": r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]",
     "EXECUTION_ROLE_ARN": r"arn:aws[a-z-]*:iam::\d{12}:role/\S+",
     "TASK_ROLE_ARN": r"arn:aws[a-z-]*:iam::\d{12}:role/\S+",

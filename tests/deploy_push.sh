@@ -8,7 +8,10 @@
 # removed middle entry and a reordering included, and that stacks of the two previous templates
 # (one rule per CIDR, one per position) upgrade, where those templates themselves fail. And the
 # AWS logins (bastion login): stacks with and without them, turned on and off by updates: the
-# task definition's secrets and variables, the execution role, the host public key parameter.
+# task definition's secrets and variables, the execution role, the host public key parameter. And
+# on-demand mode (Mode=on-demand): a stack created so, then pushed to: the service named after the
+# stack with 0 tasks, the sidecar's idle stop variables, the task role's one ECS statement on
+# exactly that service, the health check every 5 s, the output ProxyCommand.
 #
 # What moto cannot do, and so is not tested here:
 # - Fn::ForEach (AWS::LanguageExtensions): moto has no transforms. The stack is deployed from a
@@ -34,6 +37,11 @@
 #   AWS::CloudWatch::Alarm: moto skips these types (with a warning).
 # - Emptying ImageTag again (the service and task definition deleted): moto cannot delete an
 #   ECS service or task definition through CloudFormation. tests/deploy.sh checks the condition.
+# - Switching Mode on a running stack: the service's new ServiceName makes CloudFormation replace
+#   it (a new service, then the old one deleted); moto updates it in place instead and cannot
+#   delete it. tests/deploy.sh checks that always-on is the previous template's stack exactly,
+#   and deploy/README.md says what the switch does. The idle stop itself (the sidecar's
+#   UpdateService) and bastion proxy's wake are the Rust tests' (tests/on_demand.rs).
 # - What a real stack update does beyond the API: the service's rolling deployment (new task up
 #   and healthy before the old one stops, the circuit breaker), images pulled and run, the task
 #   definition's runtimePlatform and roles (moto's CloudFormation keeps only family, containers,
@@ -103,10 +111,10 @@ push() {  # push ARGS...: deploy/push.sh under dash, as on a Mac without python3
     >"$tmp/push.out" 2>&1 || { cat "$tmp/push.out" >&2; moto_log; die "push.sh $*"; }
   grep '^== done' "$tmp/push.out" || true
 }
-built() {  # built TAG ARCH: both images built for linux/ARCH and pushed, nothing else built
+built() {  # built TAG ARCH [STACK]: both images (of the stack bastion's repositories) built for linux/ARCH and pushed, nothing else built
   local component image n
   for component in bastion-sshd dns-sidecar; do
-    image="$registry/bastion/$component:$1-$2"
+    image="$registry/${3:-bastion}/$component:$1-$2"
     grep -qxF "docker buildx build --platform linux/$2 --provenance=false -f docker/Dockerfile --target $component -t $image --load ." \
       "$FAKE_DOCKER_LOG" || die "push.sh did not build $image for linux/$2: $(cat "$FAKE_DOCKER_LOG")"
     grep -qxF "docker push $image" "$FAKE_DOCKER_LOG" || die "push.sh did not push $image"
@@ -223,6 +231,22 @@ deploy logins "$stack_template" HostPublicKey= UserCaKeyParameterName= IdentityR
   { cat "$tmp/deploy.out" >&2; moto_log; die "turning AWS logins off"; }
 logins logins no-role
 ok "stack updates: AWS logins and the host public key turned on (a new task definition with the same images, the parameter created), HostPublicKey replaced (the parameter's new value), both turned off (secrets, variables and the parameter gone)"
+
+say "on-demand mode: a stack created with Mode=on-demand, then the first push"
+on_demand() {  # on_demand STACK: the service, the sidecar's variables, the task role and ProxyCommand as its Mode says
+  python3 tests/deploy_stack.py moto-on-demand "$AWS_ENDPOINT_URL" "$1" || { moto_log; die "on-demand mode of $1"; }
+}
+deploy ondemand "$stack_template" "${required[@]}" AllowedCidrs=198.51.100.7/32 NewLoginLookbackDays=0 \
+  Mode=on-demand IdleStop=1h || { cat "$tmp/deploy.out" >&2; moto_log; die "creating the stack ondemand"; }
+python3 tests/deploy_stack.py moto-stack "$AWS_ENDPOINT_URL" ondemand - amd64 || { moto_log; die "the stack ondemand before a push"; }
+[[ -z $(output ondemand ProxyCommand) ]] || die "the stack ondemand has a ProxyCommand before it has a service"
+push --stack ondemand --tag 0123456789ab
+built 0123456789ab amd64 ondemand
+grep -q "stack ondemand runs 0123456789ab-amd64: service ondemand on" "$tmp/push.out" || die "push.sh's last line: $(tail -n 1 "$tmp/push.out")"
+python3 tests/deploy_stack.py moto-stack "$AWS_ENDPOINT_URL" ondemand 0123456789ab amd64 || { moto_log; die "the stack ondemand after the push"; }
+on_demand ondemand
+on_demand bastion
+ok "on-demand mode: the first push creates the service ondemand (the stack's name, covered by deployer-policy.json) with 0 tasks; dns-sidecar gets DNS_SIDECAR_IDLE_STOP=1h, DNS_SIDECAR_ECS_SERVICE and DNS_SIDECAR_ECS_CLUSTER, bastion-sshd a health check every 5 s, the task role ecs:DescribeServices and ecs:UpdateService on exactly the service's ARN, the output ProxyCommand the ssh_config line; the always-on stack none of it"
 
 say "stacks of the previous templates: one SSH rule per CIDR (0a688a7), per position (7a6d2ff)"
 # Their SSH rules from tests/deploy_helper.py (LEGACY_SSH_RULES), the rest as now; Fn::ForEach over

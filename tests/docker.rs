@@ -238,9 +238,10 @@ fn bastion_image_carries_psql_as_nobody_turns_healthy_and_drains_on_docker_stop(
     let server = Server::from_log(container.logs(), dir.path(), Some(SocketAddr::new(container.ip(), 22)));
     assert_eq!(server.wait_event("hostkey.loaded", |_| true)["source"], "BASTION_HOST_KEY");
     let logins = server.wait_event("aws_login.enabled", |_| true);
+    let endpoint = format!("{sts}/"); // as the STS client normalizes it
     assert_eq!(
         (logins["ca_source"].as_str(), logins["sts_endpoint"].as_str()),
-        (Some("BASTION_USER_CA_KEY"), Some(sts))
+        (Some("BASTION_USER_CA_KEY"), Some(endpoint.as_str()))
     );
     assert_eq!(logins["rules"], 1, "{logins}");
 
@@ -269,6 +270,14 @@ fn bastion_image_carries_psql_as_nobody_turns_healthy_and_drains_on_docker_stop(
     let closed = server.wait_event("tunnel.closed", |_| true);
     assert_eq!(closed["fingerprint"], key.fingerprint());
     assert_eq!(closed["resolved"], target);
+
+    // The activity report for the sidecar's idle stop, on by default where the task's
+    // containers share the loopback, and out of every tunnel's reach.
+    assert_eq!(server.wait_event("activity.listening", |_| true)["addr"], "127.0.0.1:8022");
+    let (ssh_report, report_ports) = server.tunnel(&key, &[("127.0.0.1", 8022)], &[]);
+    let refused = bastion_tests::refused_line(&ssh_report, report_ports[0], "127.0.0.1:8022");
+    assert!(refused.contains("administratively prohibited"), "{refused}");
+    drop(ssh_report);
 
     // A tunnel still open at `docker stop`: the bastion drains (3 s here), cuts
     // it, and exits 0 before Docker's SIGKILL (the task definition's stopTimeout).
@@ -317,7 +326,16 @@ fn sidecar_image_publishes_the_task_ip_and_deletes_it_on_docker_stop() {
 
     let task = TaskContainer::from_task_definition(
         "dns-sidecar",
-        &[("RECORD_NAME", "bastion.example.test"), ("HOSTED_ZONE_ID", &zone), ("REGION", "us-east-1")],
+        &[
+            ("RECORD_NAME", "bastion.example.test"),
+            ("HOSTED_ZONE_ID", &zone),
+            ("REGION", "us-east-1"),
+            // The on-demand mode's idle stop, as push.sh renders it. No bastion-sshd runs
+            // beside this container, so its activity report cannot be read: nothing is stopped.
+            ("IDLE_STOP", "30m"),
+            ("SERVICE_NAME", "bastion"),
+            ("CLUSTER_NAME", "prod"),
+        ],
     );
     // Essential: a sidecar that cannot publish stops the task, and fails the deployment.
     assert_eq!(task.definition["essential"], true);
@@ -333,11 +351,20 @@ fn sidecar_image_publishes_the_task_ip_and_deletes_it_on_docker_stop() {
             ("AWS_ACCESS_KEY_ID", "test"),
             ("AWS_SECRET_ACCESS_KEY", "test"),
             ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_ENDPOINT_URL_ECS", &ec2.url),
+            ("DNS_SIDECAR_IDLE_POLL", "200ms"),
         ],
     );
     let logs = container.logs();
     let live = logs.stderr().wait_for(READY, |l| event(l).as_deref() == Some("record.live"));
     assert!(live.is_some(), "no record.live:\n{}", logs.stderr().text());
+    // The idle stop is on, for the service the task definition names, and waits for bastion-sshd.
+    let watching = logs.stderr().wait_for(READY, |l| event(l).as_deref() == Some("idle.watching"));
+    let watching = json(&watching.unwrap_or_else(|| panic!("no idle.watching:\n{}", logs.stderr().text())));
+    assert_eq!((watching["service"].as_str(), watching["cluster"].as_str()), (Some("bastion"), Some("prod")));
+    assert_eq!(watching["activity"], "127.0.0.1:8022");
+    let unread = logs.stderr().wait_for(READY, |l| event(l).as_deref() == Some("idle.activity_unreadable"));
+    assert!(unread.is_some(), "{}", logs.stderr().text());
     assert_eq!(container.inspect("{{.Config.User}}"), task.definition["user"].as_str().unwrap());
     let a: Vec<_> = records(&r53, &zone).into_iter().filter(|r| r.1 == "A").collect();
     assert_eq!(a, vec![("bastion.example.test.".to_string(), "A".to_string(), vec![public_ip], None)]);

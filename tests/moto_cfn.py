@@ -10,7 +10,11 @@ where moto still differs, tests/deploy_push.sh says so.
 2. An update that changes only parameters updates only the resources with a literal
    {"Ref": parameter}: not those using it in Fn::Sub ("${ImageTag}"), through a condition
    (Condition: HasImages, Fn::If), or through a resource that was updated (the service's
-   TaskDefinition). Fixed: those are updated too, transitively, as CloudFormation does.
+   TaskDefinition). Fixed: those are updated too, transitively, as CloudFormation does. And it
+   counts a parameter the stack was created without (its default) as changed at every update,
+   so every resource with a literal Ref to one is updated: the cluster (ContainerInsights), which
+   moto's update then replaces by a new cluster of a new name. Fixed: a parameter is changed
+   when its value differs from the one in effect, default included.
 3. A resource whose condition turns true in an update is never created, and one whose
    condition turns false is updated instead of deleted. Fixed: created, and deleted where moto
    can delete that type through CloudFormation (not an ECS service or task definition). (moto
@@ -120,7 +124,8 @@ def build_resource_diff(self, other_template, parameters=None):
         dirty_conditions |= more
     dirty = changed | {"Condition:" + c for c in dirty_conditions}
     old, new = self._resource_json_map, other_template["Resources"]
-    modify = set(diff["Modify"])
+    # moto's own list, without what it added for "changed" parameters: those are found below.
+    modify = {n for n in new if n in old and new[n] != old[n]}
     while True:
         more = {n for n in new if n in old and n not in modify and (_names(new[n], set()) & (dirty | modify))}
         if not more:

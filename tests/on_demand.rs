@@ -138,22 +138,40 @@ impl Deployment {
             .env("AWS_ENDPOINT_URL_EC2", &self.standin.moto);
     }
 
-    /// `ssh -N -L` to the echo server, through `ProxyCommand bastion proxy …` (`extra` proxy flags).
+    /// `ssh -N -L` to the echo server, through the README's on-demand `~/.ssh/config` stanza
+    /// (`ProxyCommand bastion proxy …`, with `proxy_extra` flags), and this test's key,
+    /// known_hosts and port.
     fn ssh_tunnel(&self, proxy_extra: &str) -> (Proc, u16) {
         let local = free_port();
-        let proxy = format!(
-            "ProxyCommand={} proxy --cluster {CLUSTER} --service {SERVICE} {proxy_extra} %h %p",
-            bastion_cli().display()
-        );
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let stanza = readme
+            .split("```sshconfig\n")
+            .skip(1)
+            .filter_map(|s| s.split("```").next())
+            .find(|block| block.contains("ProxyCommand bastion proxy"))
+            .expect("the README's on-demand sshconfig block");
+        let host = stanza.lines().find_map(|l| l.strip_prefix("Host ")).expect("a Host line").trim().to_string();
+        let mut config = String::new();
+        for line in stanza.lines() {
+            let line = line
+                .replace("ProxyCommand bastion proxy", &format!("ProxyCommand {} proxy", bastion_cli().display()))
+                .replace("<ClusterName>", CLUSTER)
+                .replace(" %h %p", &format!(" {proxy_extra} %h %p"));
+            config.push_str(&line);
+            config.push('\n');
+        }
+        config.push_str(&format!(
+            "    Port {}\n    User alice\n    IdentityFile {}\n    IdentitiesOnly yes\n    BatchMode yes\n    \
+             StrictHostKeyChecking yes\n    UserKnownHostsFile {}\n    HostKeyAlias {NAME}\n    \
+             ExitOnForwardFailure yes\n",
+            self.addr.port(),
+            self.key.private.display(),
+            self.known_hosts.display()
+        ));
+        let path = self.dir.path().join(format!("ssh_config.{}", unique()));
+        std::fs::write(&path, config).unwrap();
         let mut cmd = Command::new("ssh");
-        cmd.args(["-F", "/dev/null", "-v", "-N", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
-            .args(["-o", "StrictHostKeyChecking=yes", "-o", "ExitOnForwardFailure=yes", "-o", &proxy])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
-            .arg("-i")
-            .arg(&self.key.private)
-            .args(["-p", &self.addr.port().to_string(), "-L", &format!("{local}:{}", self.echo.addr)])
-            .arg(format!("alice@{NAME}"));
+        cmd.arg("-F").arg(&path).args(["-v", "-N", "-L", &format!("{local}:{}", self.echo.addr)]).arg(&host);
         self.aws_env(&mut cmd);
         let ssh = Proc::spawn(cmd, Stdio::null());
         assert!(wait_forwards(&ssh, &[local]), "the tunnel did not open:\n{}", ssh.stderr().text());

@@ -169,7 +169,8 @@ pub struct Prepared {
     host_keys: Vec<HostKey>,
     /// Bound while still root (port 22); served after the switch to `--run-as`.
     listeners: Vec<std::net::TcpListener>,
-    /// `--activity-listen`, bound before anything is served (a port in use fails the start).
+    /// `--activity-listen`, bound before anything is served (an address given that cannot be
+    /// bound fails the start; the default, taken, only warns).
     activity: Option<std::net::TcpListener>,
 }
 

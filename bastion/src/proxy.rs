@@ -20,6 +20,10 @@ use crate::wake::{self, Step};
 /// How often ECS is asked while waiting (3 calls each time; ECS's API allows
 /// far more): the wait after a task turns healthy is at most this.
 const POLL: Duration = Duration::from_secs(1);
+/// A count still at 0 this long after we raised it was set back (an idle stop
+/// deciding at the same moment): raise it again. Before, it may be ECS's
+/// answer lagging behind our update.
+const RAISE_AGAIN: Duration = Duration::from_secs(10);
 /// A waiting line is repeated at most this often when nothing changes.
 const REPEAT: Duration = Duration::from_secs(5);
 /// The relay's buffer.
@@ -119,6 +123,8 @@ async fn wait_for_task(
 ) -> anyhow::Result<Task> {
     let (cluster, service_name) = (&args.cluster, &args.service);
     let mut shown: Option<(String, Instant)> = None;
+    // When we last raised the count: DescribeServices may show the old count for a moment.
+    let mut raised: Option<Instant> = None;
     loop {
         let service =
             ecs.describe_service(cluster, service_name).await.map_err(|e| ecs_error(&e, args, region))?.with_context(
@@ -132,8 +138,10 @@ async fn wait_for_task(
         let tasks = ecs.running_tasks(cluster, service_name).await.map_err(|e| ecs_error(&e, args, region))?;
         match wake::judge(&service, &tasks, &args.container) {
             Step::Ready(task) => return Ok(task),
+            Step::Start { .. } if raised.is_some_and(|at| at.elapsed() < RAISE_AGAIN) => {}
             Step::Start { stopping } => {
                 ecs.set_desired_count(cluster, service_name, 1).await.map_err(|e| ecs_error(&e, args, region))?;
+                raised = Some(Instant::now());
                 if stopping {
                     say(&format!(
                         "service {service_name} is stopping (idle); starting it again (desired count 0 -> 1)"
@@ -142,7 +150,6 @@ async fn wait_for_task(
                     say(&format!("service {service_name} has no running task; starting one (desired count 0 -> 1)"));
                 }
                 shown = None;
-                continue;
             }
             Step::Wait(line) => {
                 let repeat = shown.as_ref().is_none_or(|(last, at)| *last != line || at.elapsed() >= REPEAT);

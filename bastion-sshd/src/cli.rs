@@ -257,6 +257,13 @@ pub struct ServerArgs {
     #[arg(long, value_name = "NAME", env = "BASTION_NAME", default_value = "bastion")]
     pub name: String,
 
+    /// How often to write a CloudWatch Embedded Metric Format record to the log (stderr):
+    /// open connections and tunnels, tunnels opened, refused and failed, bytes, logins, limit
+    /// refusals, the window budget in use. CloudWatch Logs makes metrics of it, with no agent
+    /// and no credentials. 0: off.
+    #[arg(long, value_name = "DURATION", env = "BASTION_METRICS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub metrics_interval: Duration,
+
     /// Where the sidecar reads whether anyone is logged in (one JSON line per connection:
     /// open logins, tunnels, idle seconds; nothing is read), for its idle stop
     /// (`dns-sidecar --idle-stop`). Loopback only. `off`: not served. Default 127.0.0.1:8022;

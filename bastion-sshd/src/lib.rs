@@ -20,6 +20,7 @@ pub mod keys;
 pub mod limits;
 pub mod liveness;
 pub mod logging;
+pub mod metrics;
 pub mod options;
 pub mod policy;
 pub mod privileges;

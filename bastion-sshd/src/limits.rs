@@ -69,6 +69,19 @@ pub enum Refusal {
     TooManyHealthChecks(usize),
 }
 
+impl Refusal {
+    /// The limit, as the metrics' `Limit` dimension names it (`metrics::LIMITS`).
+    pub fn limit(&self) -> &'static str {
+        match self {
+            Refusal::TooManyConnections(_) => "max-connections",
+            Refusal::TooManyStartups(_) => "max-startups",
+            Refusal::TooManyStartupsFromSource(_) => "per-source-max-startups",
+            Refusal::Penalized(_) => "penalty",
+            Refusal::TooManyHealthChecks(_) => "health-check-sources",
+        }
+    }
+}
+
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -290,6 +290,15 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         let tunnels = move || stats.tunnels.open.load(Ordering::Relaxed);
         tokio::spawn(crate::usage::serve(listener, usage, tunnels, drain_rx.clone()));
     }
+    if !args.metrics_interval.is_zero() {
+        let (stats, budget) = (shared.clone(), config.window_budget.clone());
+        let gauges = move || crate::metrics::Gauges {
+            connections: stats.usage.open_connections(),
+            tunnels: stats.tunnels.open.load(Ordering::Relaxed),
+            budget: budget.as_ref().map(|b| (b.total().saturating_sub(b.available()), b.total())),
+        };
+        tokio::spawn(crate::metrics::run(args.name.clone(), args.metrics_interval, gauges));
+    }
     let deadlines = Arc::new(Deadlines {
         login_grace_time: args.login_grace_time,
         silence_limit: liveness::silence_limit(args.keepalive_interval, args.keepalive_max),

@@ -105,6 +105,11 @@ impl Usage {
         self.last_session_end.fetch_max(now, Ordering::Relaxed);
     }
 
+    /// Connections open now, logged in or not.
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
     pub fn report(&self, tunnels: usize, draining: bool) -> Report {
         let sessions = self.sessions.load(Ordering::Relaxed);
         let last_end = Duration::from_millis(self.last_session_end.load(Ordering::Relaxed));

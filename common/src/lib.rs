@@ -1,6 +1,7 @@
 //! Code that more than one binary of the project needs, kept once:
 //! - [`login`]: the AWS-identity login protocol spoken by `bastion login`
 //!   (the laptop) and `bastion-sshd` (the server);
+//! - [`emf`]: CloudWatch Embedded Metric Format records (both server binaries);
 //! - [`region`]: what an AWS region says about its partition and endpoints
 //!   (`dns-sidecar`, `bastion-sshd`'s default STS endpoint);
 //! - [`signed`] (feature `signed`): one SigV4-signed AWS request, for the
@@ -14,6 +15,7 @@
 pub mod ec2;
 #[cfg(feature = "signed")]
 pub mod ecs;
+pub mod emf;
 pub mod login;
 pub mod region;
 #[cfg(feature = "signed")]

@@ -7,6 +7,7 @@ mod cli;
 mod endpoint;
 mod idle;
 mod metadata;
+mod metrics;
 mod ownership;
 use bastion_common::ec2::Ec2;
 use bastion_common::ecs::Ecs;
@@ -28,6 +29,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use cli::{AddressSource, Cli, Healthcheck, LogFormat, Mode};
 use metadata::Task;
@@ -82,8 +85,15 @@ fn init_logging(format: Option<LogFormat>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
-        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .finish()
+            .with(metrics::ErrorLayer)
+            .init(),
+        LogFormat::Text => builder.with_target(false).finish().with(metrics::ErrorLayer).init(),
     }
 }
 
@@ -115,6 +125,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     let started = SystemTime::now();
     let record = normalize(&cli.record_name);
 
+    // From the start, so that the first publication is in the first record.
+    if !cli.metrics_interval.is_zero() && !cli.once && !cli.dry_run {
+        // The name without its trailing dot, as bastion-sshd's --name has it: one dimension value for both.
+        tokio::spawn(metrics::run(record.trim_end_matches('.').to_string(), cli.metrics_interval));
+    }
     // The health status answers "starting" until the name is published.
     let (state, state_rx) = watch::channel(State::Starting);
     if !cli.once && !cli.dry_run {
@@ -157,7 +172,12 @@ async fn run(cli: Cli) -> Result<(), String> {
     let mut outcomes = Vec::new();
     for (i, d) in desired.iter().enumerate() {
         match reconcile(&cli, &aws.zone, d).await {
-            Ok(outcome) => outcomes.push(outcome),
+            Ok(outcome) => {
+                if matches!(outcome, Outcome::Live { .. }) {
+                    metrics::published();
+                }
+                outcomes.push(outcome)
+            }
             Err(e) => {
                 // Do not leave half a publication behind (A written, AAAA refused).
                 if i > 0 {
@@ -196,7 +216,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                     // Drift is repaired under the same ownership rules; a name that
                     // is not ours any more is reported, never taken back.
                     match reconcile(&cli, &aws.zone, d).await {
-                        Ok(outcome) => outcomes.push(outcome),
+                        Ok(outcome) => {
+                            if matches!(outcome, Outcome::Live { .. }) {
+                                metrics::published();
+                                metrics::repaired();
+                            }
+                            outcomes.push(outcome)
+                        }
                         Err(e) => error!(event = "record.reconcile_failed", record = %d.address.name, "{e}"),
                     }
                 }

@@ -307,7 +307,12 @@ impl ServerBuilder {
         let (listen_given, permit_given, penalty_given, health_given) =
             (given("--listen"), given("--permit-open"), given("--penalty"), given("--health-check-sources"));
         let activity_given = given("--activity-listen");
+        let metrics_given = given("--metrics-interval");
         let mut cmd = self.cmd;
+        if !metrics_given {
+            // Suites read the log as events; the metrics records have their own (tests/metrics.rs).
+            cmd.args(["--metrics-interval", "0"]);
+        }
         if !activity_given {
             // Servers run side by side: each reports its activity on a free port (`activity.listening`).
             cmd.args(["--activity-listen", "127.0.0.1:0"]);

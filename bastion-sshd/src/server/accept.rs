@@ -118,7 +118,7 @@ impl AcceptLoop {
 }
 
 fn refused(peer: SocketAddr, refusal: &Refusal) {
-    info!(target: "audit", event = "connection.refused", peer = %peer, reason = %refusal,
+    info!(target: "audit", event = "connection.refused", peer = %peer, reason = %refusal, limit = refusal.limit(),
         "connection from {peer} refused: {refusal}");
 }
 

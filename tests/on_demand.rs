@@ -143,13 +143,7 @@ impl Deployment {
     /// known_hosts and port.
     fn ssh_tunnel(&self, proxy_extra: &str) -> (Proc, u16) {
         let local = free_port();
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-        let stanza = readme
-            .split("```sshconfig\n")
-            .skip(1)
-            .filter_map(|s| s.split("```").next())
-            .find(|block| block.contains("ProxyCommand bastion proxy"))
-            .expect("the README's on-demand sshconfig block");
+        let stanza = bastion_tests::readme_sshconfig("ProxyCommand bastion proxy");
         let host = stanza.lines().find_map(|l| l.strip_prefix("Host ")).expect("a Host line").trim().to_string();
         let mut config = String::new();
         for line in stanza.lines() {

@@ -478,13 +478,7 @@ fn x11_forwarding_is_refused() {
 #[test]
 fn the_readme_ssh_config_stanza_works() {
     let (dir, key) = setup();
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let stanza = readme
-        .split("```sshconfig\n")
-        .skip(1)
-        .filter_map(|s| s.split("```").next())
-        .find(|block| block.contains("Host bastion db-tunnel"))
-        .expect("the Client guide's sshconfig block");
+    let stanza = readme_sshconfig("Host bastion db-tunnel");
     let server = server(&dir, &[&key]);
     let echo = EchoServer::start();
     let port = free_port();

@@ -38,16 +38,7 @@ pub struct Counters {
 }
 
 /// The process's counters: the tracing layer is global, so they are too.
-pub static COUNTERS: Counters = Counters {
-    tunnels_opened: AtomicU64::new(0),
-    tunnels_refused: AtomicU64::new(0),
-    tunnels_failed: AtomicU64::new(0),
-    bytes_up: AtomicU64::new(0),
-    bytes_down: AtomicU64::new(0),
-    logins_accepted: AtomicU64::new(0),
-    logins_refused: AtomicU64::new(0),
-    refused: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
-};
+pub static COUNTERS: Counters = Counters::new();
 
 /// One reading of the counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,7 +53,27 @@ pub struct Totals {
     pub refused: [u64; 5],
 }
 
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Counters {
+    pub const fn new() -> Self {
+        const ZERO: AtomicU64 = AtomicU64::new(0);
+        Counters {
+            tunnels_opened: ZERO,
+            tunnels_refused: ZERO,
+            tunnels_failed: ZERO,
+            bytes_up: ZERO,
+            bytes_down: ZERO,
+            logins_accepted: ZERO,
+            logins_refused: ZERO,
+            refused: [ZERO; 5],
+        }
+    }
+
     pub fn totals(&self) -> Totals {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Totals {
@@ -262,16 +273,7 @@ mod tests {
 
     #[test]
     fn counts_come_from_the_events() {
-        let counters = Counters {
-            tunnels_opened: AtomicU64::new(0),
-            tunnels_refused: AtomicU64::new(0),
-            tunnels_failed: AtomicU64::new(0),
-            bytes_up: AtomicU64::new(0),
-            bytes_down: AtomicU64::new(0),
-            logins_accepted: AtomicU64::new(0),
-            logins_refused: AtomicU64::new(0),
-            refused: Default::default(),
-        };
+        let counters = Counters::new();
         let seen = |event: &str, up: u64, limit: Option<&str>| Seen {
             event: Some(event.into()),
             bytes_up: up,

@@ -21,12 +21,13 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from procs import alternate, print_medians
 
 REPO = Path(__file__).resolve().parents[2]
 ARN = "arn:aws:sts::111122223333:assumed-role/AWSReservedSSO_DBAccess_0a1b2c3d/bench@example.com"
@@ -126,19 +127,9 @@ def main():
             "ssh key login, bastion-sshd (`ssh host true`)": lambda: timed(ssh(ours_port), env, expect=(1,)),
             "ssh key login, OpenSSH sshd (`ssh host true`)": lambda: timed(ssh(openssh_port), env),
         }
-        times = {name: [] for name in runs}
-        names = list(runs)
-        for i in range(rounds):
-            order = names if i % 2 == 0 else names[::-1]
-            for name in order:
-                times[name].append(runs[name]())
+        times = alternate(runs, rounds)
         print(f"\n{rounds} rounds, alternating; milliseconds, wall clock of the whole command\n")
-        print("| Command | median | p90 | max |")
-        print("|---|---:|---:|---:|")
-        for name in names:
-            t = sorted(times[name])
-            p90 = t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]
-            print(f"| {name} | {statistics.median(t) * 1000:.0f} | {p90 * 1000:.0f} | {t[-1] * 1000:.0f} |")
+        print_medians(times, "Command")
     finally:
         for proc in procs:
             proc.kill()

@@ -12,6 +12,7 @@ import shutil
 import signal
 import selectors
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -346,3 +347,25 @@ def recv_exactly(sock, n):
             break
         data += chunk
     return data
+
+
+def alternate(runs, rounds):
+    """Runs each of `runs` (name -> a callable returning seconds) `rounds` times, in
+    alternating order (forward, then backward), so that no run always goes first;
+    name -> the times."""
+    names = list(runs)
+    times = {name: [] for name in names}
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else names[::-1]:
+            times[name].append(runs[name]())
+    return times
+
+
+def print_medians(times, column):
+    """A markdown table of median, p90 and maximum, in milliseconds, a row per name."""
+    print(f"| {column} | median | p90 | max |")
+    print("|---|---:|---:|---:|")
+    for name, values in times.items():
+        t = sorted(values)
+        p90 = t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]
+        print(f"| {name} | {statistics.median(t) * 1000:.0f} | {p90 * 1000:.0f} | {t[-1] * 1000:.0f} |")

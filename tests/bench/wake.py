@@ -27,13 +27,14 @@ import os
 import random
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from procs import alternate, print_medians
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER, SERVICE = "bench", "bastion"
@@ -165,18 +166,9 @@ def main():
             "direct TCP connection: connect to first SSH byte": direct,
             "bastion proxy, wake: task RUNNING and HEALTHY to first SSH byte": wake,
         }
-        times = {name: [] for name in runs}
-        names = list(runs)
-        for i in range(rounds):
-            for name in names if i % 2 == 0 else names[::-1]:
-                times[name].append(runs[name]())
+        times = alternate(runs, rounds)
         print(f"\n{rounds} rounds, alternating; milliseconds\n")
-        print("| What | median | p90 | max |")
-        print("|---|---:|---:|---:|")
-        for name in names:
-            t = sorted(times[name])
-            p90 = t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]
-            print(f"| {name} | {statistics.median(t) * 1000:.0f} | {p90 * 1000:.0f} | {t[-1] * 1000:.0f} |")
+        print_medians(times, "What")
     finally:
         for proc in procs:
             proc.kill()

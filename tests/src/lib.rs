@@ -370,6 +370,18 @@ impl Server {
     }
 }
 
+/// The README's ```sshconfig block that contains `needle` (the suites run them as written).
+pub fn readme_sshconfig(needle: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    readme
+        .split("```sshconfig\n")
+        .skip(1)
+        .filter_map(|s| s.split("```").next())
+        .find(|block| block.contains(needle))
+        .unwrap_or_else(|| panic!("no sshconfig block with {needle:?} in README.md"))
+        .to_string()
+}
+
 /// A process-wide counter for unique file names.
 pub fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};

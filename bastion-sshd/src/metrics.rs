@@ -61,16 +61,15 @@ impl Default for Counters {
 
 impl Counters {
     pub const fn new() -> Self {
-        const ZERO: AtomicU64 = AtomicU64::new(0);
         Counters {
-            tunnels_opened: ZERO,
-            tunnels_refused: ZERO,
-            tunnels_failed: ZERO,
-            bytes_up: ZERO,
-            bytes_down: ZERO,
-            logins_accepted: ZERO,
-            logins_refused: ZERO,
-            refused: [ZERO; 5],
+            tunnels_opened: AtomicU64::new(0),
+            tunnels_refused: AtomicU64::new(0),
+            tunnels_failed: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            logins_accepted: AtomicU64::new(0),
+            logins_refused: AtomicU64::new(0),
+            refused: [const { AtomicU64::new(0) }; 5],
         }
     }
 

@@ -119,7 +119,12 @@ impl Fixture {
     /// The server is up, and the bystander's tunnel carried every transfer unchanged.
     fn bystander_unharmed(&mut self, bystander: Bystander) -> usize {
         bystander.stop.store(true, Ordering::SeqCst);
-        let transfers = bystander.worker.join().expect("the bystander's transfer failed");
+        let transfers = bystander.worker.join().unwrap_or_else(|_| {
+            panic!(
+                "the bystander's transfer failed; the server's connection.closed events: {:?}",
+                self.server.events("connection.closed")
+            )
+        });
         assert!(self.server.proc.is_running(), "the server died:\n{}", self.server.proc.stderr().text());
         assert!(
             self.server.events("server.error").is_empty() && !self.server.proc.stderr().text().contains("panicked"),
@@ -391,7 +396,9 @@ fn a_client_that_stops_reading_altogether_is_dropped() {
     // The laptop's ssh stops (SIGSTOP): the kernel still acknowledges, nothing is read.
     ssh.signal("STOP");
     let stopped = Instant::now();
-    let conn = f.server.events("tunnel.opened").last().expect("tunnel.opened")["conn"].clone();
+    // The attacker's tunnel, by its destination: the bystander opens tunnels all along.
+    let destination = format!("127.0.0.1:{}", target.port());
+    let conn = f.server.wait_event("tunnel.opened", |e| e["destination"] == destination.as_str())["conn"].clone();
     let closed = f.server.wait_event("connection.closed", |e| e["conn"] == conn);
     let seconds = stopped.elapsed().as_secs_f64();
     ssh.signal("CONT");

@@ -24,6 +24,8 @@ its repository, then runs
     --parameter-overrides ImageTag=<tag>
 which registers the task definition, points the service at it (creating the service the first
 time) and waits until the service is stable. Every other stack parameter keeps its value.
+Then it deploys deploy/cloudformation/monitoring.yaml as the stack <stack>-monitoring from the
+bastion stack's outputs (unless --no-monitoring).
 
 Options:
   --stack NAME          CloudFormation stack (default: bastion; env DEPLOY_STACK)
@@ -35,6 +37,9 @@ Options:
                         switch the stack to this architecture: builds the images for it
                         and passes CpuArchitecture=... with ImageTag (default: the stack's)
   --template-file FILE  the template to deploy (default: deploy/cloudformation/bastion.yaml)
+  --no-monitoring       do not deploy the stack <stack>-monitoring (the dashboard, the alarms
+                        and the saved Logs Insights queries of deploy/cloudformation/monitoring.yaml),
+                        which push.sh otherwise creates or updates after the bastion stack
   --dry-run             print every docker and aws command instead of running it; needs no
                         AWS credentials (values the stack would give are shown as <Output>
                         unless given as --bastion-repository, --sidecar-repository and
@@ -70,6 +75,8 @@ ALLOW_DIRTY=false
 DRY_RUN=false
 RENDER_OUT=""
 TEMPLATE_FILE=deploy/cloudformation/bastion.yaml
+MONITORING=true
+MONITORING_TEMPLATE=deploy/cloudformation/monitoring.yaml
 FAMILY=${DEPLOY_FAMILY:-}
 CPU_ARCHITECTURE=${DEPLOY_CPU_ARCHITECTURE:-}
 EXECUTION_ROLE_ARN=${DEPLOY_EXECUTION_ROLE_ARN:-}
@@ -102,6 +109,7 @@ while [ $# -gt 0 ]; do
     -h | --help) usage; exit 0 ;;
     --allow-dirty) ALLOW_DIRTY=true; shift; continue ;;
     --dry-run) DRY_RUN=true; shift; continue ;;
+    --no-monitoring) MONITORING=false; shift; continue ;;
     --desired-count | --no-wait)
       die "$opt is gone: the stack owns the task count (1 once images exist) and CloudFormation waits for the service (deploy/README.md)" ;;
     --*) ;;
@@ -333,6 +341,10 @@ read_outputs() {
       ClusterName) OUT_CLUSTER=$val ;;
       ServiceName) OUT_SERVICE=$val ;;
       TaskDefinitionArn) OUT_TASK_DEFINITION=$val ;;
+      RecordName) OUT_RECORD_NAME=$val ;;
+      LogGroupName) OUT_LOG_GROUP=$val ;;
+      AlertTopicArn) OUT_ALERT_TOPIC=$val ;;
+      Mode) OUT_MODE=$val ;;
     esac
   done <<EOF
 $outputs
@@ -441,4 +453,24 @@ fi
 if [ "$DRY_RUN" = false ]; then
   read_outputs || die "cannot read the outputs of stack $STACK after the update"
   say "done: stack $STACK runs $TAG-$ARCH: service ${OUT_SERVICE:-?} on ${OUT_TASK_DEFINITION:-?}"
+else
+  OUT_RECORD_NAME="<RecordName>" OUT_LOG_GROUP="<LogGroupName>" OUT_ALERT_TOPIC="<AlertTopicArn>"
+  OUT_CLUSTER="<ClusterName>" OUT_SERVICE="<ServiceName>" OUT_MODE="<Mode>"
+fi
+
+# --- the monitoring stack: dashboard, alarms, saved queries (deploy/README.md, Monitoring) ---
+# A stack of its own (the bastion template has no room left without an S3 bucket), made from the
+# bastion stack's outputs at every push, so that it follows a change of Mode or of the service.
+if [ "$MONITORING" = true ]; then
+  if [ "$DRY_RUN" = false ] && [ -z "$OUT_MODE" ]; then
+    die "stack $STACK has no Mode output (update it with this checkout's template first), or give --no-monitoring"
+  fi
+  say "updating stack $STACK-monitoring: the dashboard, the alarms and the saved Logs Insights queries"
+  if ! run aws cloudformation deploy --region "$REGION" --stack-name "$STACK-monitoring" \
+    --template-file "$MONITORING_TEMPLATE" --no-fail-on-empty-changeset --parameter-overrides \
+    "BastionStackName=$STACK" "BastionName=$OUT_RECORD_NAME" "LogGroupName=$OUT_LOG_GROUP" \
+    "AlertTopicArn=$OUT_ALERT_TOPIC" "ClusterName=$OUT_CLUSTER" "ServiceName=$OUT_SERVICE" "Mode=$OUT_MODE"; then
+    die "the monitoring stack $STACK-monitoring failed (the bastion stack is updated and runs). Why:
+  aws cloudformation describe-stack-events --region $REGION --stack-name $STACK-monitoring --max-items 25 --query 'StackEvents[?contains(ResourceStatus, \`FAILED\`)].[LogicalResourceId,ResourceStatusReason]'"
+  fi
 fi

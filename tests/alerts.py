@@ -33,6 +33,7 @@ import time
 # First: it keeps boto3 away from any real AWS configuration, and checks the venv.
 from alerts_common import (ACCOUNT, CODE, FUNCTION, LOG_GROUP, R, REFS, REGION, ROOT, RULE, STARTED, T, TARGET,
                            TEMPLATE, TMP, resolve, results, test)
+from deploy_template import load_template  # noqa: E402
 
 
 # --- static checks -----------------------------------------------------------------------
@@ -65,7 +66,7 @@ def _():
     return f"{report['summary']['passed']} passed, {report['summary']['skipped']} skipped"
 
 
-@test("wiring: topic policy (the rule by aws:SourceArn, the notifier's role, the alarm), e-mail and Login* conditions")
+@test("wiring: topic policy (the rule by aws:SourceArn, the notifier's role, its alarm, the monitoring stack's alarms by name), e-mail and Login* conditions")
 def _():
     assert R["AlertTopic"]["Type"] == "AWS::SNS::Topic"
     statements = R["AlertTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]
@@ -73,6 +74,18 @@ def _():
     assert events["Principal"] == {"Service": "events.amazonaws.com"} and events["Action"] == "sns:Publish"
     assert events["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["AlertTaskStopped", "Arn"]}}}
     assert events["Resource"] == {"Ref": "AlertTopic"}
+    # The monitoring stack's alarms (deploy/cloudformation/monitoring.yaml): by name, this account only.
+    monitoring = statements[-1]
+    assert monitoring["Sid"] == "TheMonitoringAlarms" and monitoring["Action"] == "sns:Publish"
+    assert monitoring["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert monitoring["Condition"] == {
+        "ArnLike": {"aws:SourceArn": {"Fn::Sub": "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:${AWS::StackName}-bastion-*"}},
+        "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    monitoring_template = load_template(os.path.join(ROOT, "deploy", "cloudformation", "monitoring.yaml"))
+    names = [r["Properties"]["AlarmName"]["Fn::Sub"] for r in monitoring_template["Resources"].values()
+             if r["Type"] == "AWS::CloudWatch::Alarm"]
+    assert len(names) == 4 and all(n.startswith("${BastionStackName}-bastion-") for n in names), names
+    statements = statements[:-1]
     conditional = {s["Fn::If"][1]["Sid"]: s["Fn::If"] for s in statements[1:]}
     assert conditional["TheNewLoginNotifier"][0] == "LoginNotifications"
     assert conditional["TheNewLoginNotifier"][1]["Principal"] == {"AWS": {"Fn::GetAtt": ["LoginNotifierRole", "Arn"]}}

@@ -103,6 +103,19 @@ fn an_iam_user_and_an_sso_role_with_a_session_token_log_in_and_tunnel_with_stock
     let log = b.server.proc.stderr().text();
     let signature = sent["headers"]["authorization"].as_str().unwrap().rsplit("Signature=").next().unwrap().to_string();
     assert!(!log.contains(token) && !log.contains(&signature), "a secret reached the log");
+
+    // The monitoring stack's saved queries name the AWS identity (tests/insights.py).
+    drop(ssh);
+    b.server.wait_event("tunnel.closed", |e| e["arn"] == BOB.arn);
+    let file = b.dir.path().join("log.jsonl");
+    std::fs::write(&file, b.server.proc.stderr().all().join("\n") + "\n").unwrap();
+    let rows = monitoring_rows(&file, &["--queries-only"]);
+    for who in [ALICE.arn, BOB.arn] {
+        let reached = &rows["who reached what, when"];
+        assert!(reached.iter().any(|r| r["who"] == who && r["user"].is_string()), "{who}: {reached:#?}");
+        let bytes = rows["bytes by user"].iter().find(|r| r["who"] == who).unwrap_or_else(|| panic!("{who}"));
+        assert_eq!(bytes["up"], 64 << 10, "{who}: {bytes}");
+    }
 }
 
 #[test]

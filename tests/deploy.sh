@@ -106,6 +106,17 @@ helper expand "$TEMPLATE" "$tmp/world.json" resolve '{"AllowedCidrs": ["203.0.11
 if helper ssh-not-world "$tmp/world.json" >/dev/null 2>&1; then die "the port 22 check missed 0.0.0.0/0 in the prefix list"; fi
 ok "checkov: the template with Fn::ForEach expanded and resolved ($expanded_count resources) passes (${checkov_expanded%%$'\n'*}); port 22 open to no /0, prefix list entries included (AllowedCidrs=...,0.0.0.0/0 is caught)"
 
+# The monitoring stack (push.sh deploys it as <stack>-monitoring): its queries and metric names
+# are checked against what the binaries write by tests/metrics.rs (tests/insights.py).
+MONITORING=deploy/cloudformation/monitoring.yaml
+say "cfn-lint $MONITORING"
+cfn-lint --include-checks I -- "$MONITORING" || die "cfn-lint found problems in $MONITORING"
+# checkov has no check for its three types (alarms, a dashboard, saved queries): it reports 0
+# resources, so it is not run on it.
+size=$(wc -c <"$MONITORING")
+((size <= 51200)) || die "$MONITORING is $size bytes, more than aws cloudformation deploy sends without S3"
+ok "$MONITORING: cfn-lint clean (errors, warnings, informational), $size bytes"
+
 # The resolved copy above has everything on; the same without AWS logins, without keys, always-on.
 for case in keys logins-only always-on; do
   count=$(helper expand "$TEMPLATE" "$tmp/expanded-$case.json" resolve "$(helper case "$case")")

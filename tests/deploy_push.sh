@@ -146,6 +146,23 @@ allowed() {  # allowed CIDR...: the stack bastion's entries, still in the prefix
   first_ssh=${first_ssh:-$pl $rule}
   [[ "$pl $rule" == "$first_ssh" ]] || die "the prefix list or its SSH rule was replaced: $pl $rule, first $first_ssh"
 }
+monitoring() {  # monitoring STACK: STACK-monitoring exists, made by push.sh from STACK's outputs
+  local got want key
+  got=$(aws cloudformation describe-stacks --stack-name "$1-monitoring" --output text \
+    --query 'Stacks[0].Parameters[].[ParameterKey,ParameterValue]' | grep -v Threshold | sort) ||
+    { moto_log; die "no stack $1-monitoring"; }
+  want=$(printf 'BastionStackName\t%s\n' "$1"
+    for key in RecordName:BastionName LogGroupName:LogGroupName AlertTopicArn:AlertTopicArn \
+      ClusterName:ClusterName ServiceName:ServiceName Mode:Mode; do
+      printf '%s\t%s\n' "${key#*:}" "$(output "$1" "${key%%:*}")"
+    done | sort)
+  want=$(sort <<<"$want")
+  [[ $got == "$want" ]] || die "$1-monitoring has the parameters
+$got
+expected (from the outputs of $1)
+$want"
+  printf '%s-monitoring: %s\n' "$1" "$(tr '\t\n' '= ' <<<"$got")"
+}
 deploy() {  # deploy STACK TEMPLATE PARAMETER=VALUE...: aws cloudformation deploy, its output in $tmp/deploy.out
   local name=$1 template=$2
   shift 2
@@ -172,7 +189,8 @@ say "deploy/push.sh (dash, busybox, fake docker): the first push creates the ser
 push --tag 0123456789ab
 built 0123456789ab amd64
 stack 0123456789ab amd64
-ok "push.sh built and pushed <tag>-amd64 (X86_64, from the stack's outputs) and updated the stack: the service runs 1 task of those images"
+monitoring bastion
+ok "push.sh built and pushed <tag>-amd64 (X86_64, from the stack's outputs) and updated the stack: the service runs 1 task of those images; then it deployed bastion-monitoring (deploy/cloudformation/monitoring.yaml) from the stack's outputs, Mode=always-on"
 
 say "a stack update without ImageTag keeps the pushed images"
 update AllowedCidrs=1.11.1.1/32,11.1.1.1/32,203.0.113.0/24 LogRetentionDays=90
@@ -245,6 +263,8 @@ built 0123456789ab amd64 ondemand
 grep -q "stack ondemand runs 0123456789ab-amd64: service ondemand on" "$tmp/push.out" || die "push.sh's last line: $(tail -n 1 "$tmp/push.out")"
 python3 tests/deploy_stack.py moto-stack "$AWS_ENDPOINT_URL" ondemand 0123456789ab amd64 || { moto_log; die "the stack ondemand after the push"; }
 on_demand ondemand
+monitoring ondemand
+grep -q "Mode=on-demand" <(monitoring ondemand) || die "ondemand-monitoring is not in on-demand mode"
 on_demand bastion
 ok "on-demand mode: the first push creates the service ondemand (the stack's name, covered by deployer-policy.json) with 0 tasks; dns-sidecar gets DNS_SIDECAR_IDLE_STOP=1h, DNS_SIDECAR_ECS_SERVICE and DNS_SIDECAR_ECS_CLUSTER, bastion-sshd a health check every 5 s, the task role ecs:DescribeServices and ecs:UpdateService on exactly the service's ARN, the output ProxyCommand the ssh_config line; the always-on stack none of it"
 

@@ -42,13 +42,17 @@ def iam_action_exists(action, handler_permissions):
     return sources
 
 
+# What deploy/cloudformation/monitoring.yaml creates; push.sh deploys it as <stack>-monitoring.
+MONITORING_TYPES = ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::Dashboard", "AWS::Logs::QueryDefinition")
+
+
 def handler_permissions():
     import cfnlint
     base = os.path.join(os.path.dirname(cfnlint.__file__), "data", "schemas")
     with open(os.path.join(base, "providers", "us-east-1.json"), encoding="utf-8") as f:
         providers = json.load(f)
     out = {}
-    for rtype in ("AWS::ECS::Service", "AWS::ECS::TaskDefinition"):
+    for rtype in ("AWS::ECS::Service", "AWS::ECS::TaskDefinition", *MONITORING_TYPES):
         with open(os.path.join(base, "resources", providers[rtype] + ".json"), encoding="utf-8") as f:
             out[rtype] = {k: set(v.get("permissions", [])) for k, v in json.load(f)["handlers"].items()}
     return out
@@ -81,6 +85,8 @@ def check_deployer_policy(path):
     # definition (and deletes the old one) and creates or updates the service.
     needed = (handlers["AWS::ECS::TaskDefinition"]["create"] | handlers["AWS::ECS::TaskDefinition"]["delete"]
               | handlers["AWS::ECS::Service"]["create"] | handlers["AWS::ECS::Service"]["update"])
+    for rtype in MONITORING_TYPES:
+        needed |= handlers[rtype]["create"] | handlers[rtype]["update"] | handlers[rtype]["delete"]
     needed |= {"ecr:GetAuthorizationToken", "ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload",
                "ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:BatchGetImage",
                "ecr:DescribeImages", "cloudformation:DescribeStacks", "cloudformation:CreateChangeSet",
@@ -109,14 +115,20 @@ def check_deployer_policy(path):
                         ("ecs:DescribeServices", on_demand), ("ecs:TagResource", on_demand),
                         ("cloudformation:CreateChangeSet", f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/bastion/0a1b"),
                         ("cloudformation:CreateChangeSet", f"arn:aws:cloudformation:{REGION}:aws:transform/LanguageExtensions"),
-                        ("iam:PassRole", ATTS["ExecutionRole.Arn"]), ("iam:PassRole", ATTS["TaskRole.Arn"])]:
+                        ("iam:PassRole", ATTS["ExecutionRole.Arn"]), ("iam:PassRole", ATTS["TaskRole.Arn"]),
+                        ("cloudformation:ExecuteChangeSet",
+                         f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/bastion-monitoring/0a1b"),
+                        ("cloudwatch:PutMetricAlarm", f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:bastion-bastion-task-down"),
+                        ("cloudwatch:PutDashboard", f"arn:aws:cloudwatch::{ACCOUNT}:dashboard/bastion-bastion")]:
         if not allowed(action, arn):
             fail(f"{path} does not allow {action} on {arn}")
     for action, arn in [("ecr:PutImage", f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/other/bastion-sshd"),
                         ("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/admin"),
                         ("cloudformation:ExecuteChangeSet", f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/other/1"),
                         ("ecs:UpdateService", f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/bastion-Cluster-EXAMPLE/other"),
-                        ("ecs:UpdateService", f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/other-Cluster-EXAMPLE/bastion")]:
+                        ("ecs:UpdateService", f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/other-Cluster-EXAMPLE/bastion"),
+                        ("cloudwatch:PutMetricAlarm", f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:other-alarm"),
+                        ("cloudwatch:DeleteDashboards", f"arn:aws:cloudwatch::{ACCOUNT}:dashboard/other")]:
         if allowed(action, arn):
             fail(f"{path} allows {action} on {arn}")
     pr = allowed("iam:PassRole", ATTS["TaskRole.Arn"])

@@ -226,3 +226,90 @@ fn the_counts_do_not_depend_on_the_log_level() {
     }
     assert!(server.events("auth.refused").is_empty(), "the log level let audit events through");
 }
+
+/// deploy/cloudformation/monitoring.yaml against a real log (CloudWatch cannot run here):
+/// tests/insights.py runs its saved queries and the dashboard's log widget over the events a
+/// server wrote, checks every field they read and every metric its alarms and widgets name
+/// against what the server and the sidecar wrote, and returns the rows; a user's rows are checked
+/// here. `arn` appears only after `bastion login` (tests/aws_login.rs runs the same check with it).
+#[test]
+fn the_monitoring_stacks_queries_and_metrics_match_what_the_binaries_write() {
+    use bastion_tests::aws::{Emulator, create_zone};
+    use bastion_tests::sidecar::{sidecar_command, wait_event};
+    let dir = tempdir();
+    let key = ClientKey::generate(dir.path(), "alice", "ed25519", None);
+    let stranger = ClientKey::generate(dir.path(), "mallory", "ed25519", None);
+    let name = "bastion.example.test";
+    let server = ServerBuilder::new(dir.path())
+        .authorize(&[&key])
+        .args(["--metrics-interval", "1s", "--penalty", "60s", "--name", name])
+        .start();
+    let echo = EchoServer::start();
+    let data = pattern(200_000, 9);
+    let (ssh, ports) =
+        server.tunnel(&key, &[(&echo.addr.ip().to_string(), echo.addr.port()), ("169.254.170.2", 80)], &[]);
+    assert!(echo_round_trip(SocketAddr::from(([127, 0, 0, 1], ports[0])), &data) == data);
+    refused_line(&ssh, ports[1], "169.254.170.2");
+    server.wait_event("tunnel.closed", |_| true);
+    drop(ssh);
+    // A key that is not authorized, then the penalty refuses the next connection from its source.
+    assert!(!server.ssh_output(&stranger, &[&server.destination("mallory"), "true"]).status.success());
+    server.wait_event("source.penalized", |_| true);
+    assert!(!server.ssh_output(&key, &[&server.destination("alice"), "true"]).status.success());
+    server.wait_event("connection.refused", |e| e["limit"] == "penalty");
+    let deadline = Instant::now() + READY;
+    while sum(&records(&server), "ConnectionsRefused", Some("penalty")) == 0
+        || sum(&records(&server), "BytesUp", None) < data.len() as u64
+    {
+        assert!(Instant::now() < deadline, "the records never added up:\n{:#?}", records(&server));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let r53 = Emulator::ministack();
+    let zone = create_zone(&r53, "example.test.");
+    let side = Proc::spawn(
+        sidecar_command(
+            "test/bastion",
+            name,
+            &r53.url,
+            &zone,
+            None,
+            None,
+            &["--address", "203.0.113.7", "--metrics-interval", "1s"],
+        ),
+        std::process::Stdio::null(),
+    );
+    wait_event(&side, "record.live");
+    let deadline = Instant::now() + READY;
+    while !side.stderr().all().iter().any(|l| l.contains("\"_aws\"") && l.contains("RecordsPublished")) {
+        assert!(Instant::now() < deadline, "no sidecar record:\n{}", side.stderr().text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let log = dir.path().join("log.jsonl");
+    let mut lines = server.proc.stderr().all();
+    lines.extend(side.stderr().all());
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let rows = monitoring_rows(&log, &["--allow-missing", "arn"]);
+
+    let who = key.fingerprint();
+    let destination = format!("{}:{}", echo.addr.ip(), echo.addr.port());
+    let reached = &rows["who reached what, when"];
+    assert!(
+        reached.iter().any(|r| r["who"] == who.as_str() && r["destination"] == destination.as_str()),
+        "{reached:#?}"
+    );
+    assert_eq!(rows["dashboard: Who reached what, when"], *reached, "the dashboard shows the saved query's rows");
+    let refusals = &rows["refusals by reason"];
+    for (event, why) in [("connection.refused", "penalty"), ("auth.refused", ""), ("tunnel.refused", "")] {
+        assert!(
+            refusals.iter().any(|r| r["event"] == event && r["why"].as_str().unwrap_or("").contains(why)),
+            "no {event} row ({why}): {refusals:#?}"
+        );
+    }
+    let bytes = &rows["bytes by user"];
+    let alice = bytes.iter().find(|r| r["who"] == who.as_str()).unwrap_or_else(|| panic!("{bytes:#?}"));
+    assert_eq!(alice["up"], data.len() as u64, "{alice}");
+    assert_eq!(alice["down"], data.len() as u64, "{alice}");
+    assert_eq!(alice["tunnels"], 1, "{alice}");
+}

@@ -785,3 +785,24 @@ pub fn on_demand_target(data: Vec<u8>) -> (SocketAddr, std::sync::mpsc::Receiver
     });
     (addr, started)
 }
+
+/// `python3 tests/insights.py` over `log` (a server's JSON log, a sidecar's beside it): the rows
+/// of each query of deploy/cloudformation/monitoring.yaml, by the query's name.
+pub fn monitoring_rows(log: &Path, extra: &[&str]) -> std::collections::HashMap<String, Vec<Value>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let out = Command::new("python3")
+        .arg(root.join("tests/insights.py"))
+        .arg(root.join("deploy/cloudformation/monitoring.yaml"))
+        .arg(log)
+        .args(extra)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v = json(l);
+            (v["query"].as_str().unwrap().to_string(), v["rows"].as_array().unwrap().clone())
+        })
+        .collect()
+}

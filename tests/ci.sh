@@ -166,6 +166,8 @@ bash tests/quickstart.sh
 
 say "benchmark harness, smoke run (tiny sizes; the figures are not judged): tests/bench/bench.py"
 python3 tests/bench/bench.py --smoke --bastion target/release/bastion-sshd
+say "benchmark harness at Fargate's size, smoke run: each server in a cgroup of 0.25 CPU and 512 MiB"
+python3 tests/bench/bench.py --smoke --bastion target/release/bastion-sshd --cpu-quota 0.25 --memory 512M
 
 say "bastion login timing, smoke run (tests/bench/login.py; the figures are not judged)"
 python3 tests/bench/login.py --smoke --bastion target/release/bastion-sshd --login target/release/bastion

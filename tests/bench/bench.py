@@ -16,7 +16,6 @@ import argparse
 import datetime
 import getpass
 import glob
-import json
 import os
 import platform
 import re
@@ -35,206 +34,22 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True  # leave no __pycache__ in the source tree
 from procs import (  # noqa: E402 (after the line above)
-                   READY, BenchError, EchoServer, Proc, at_cleanup, cleanup, cpu_seconds, descendants, free_ports,
-                   log, memory_mib, recv_exactly, require, run, track, untrack, wait_listening,
-                   wait_served)
+                   READY, BenchError, EchoServer, Proc, at_cleanup, cleanup, cpu_seconds, free_ports,
+                   iperf_gbps, log, memory_mib, recv_exactly, require, run, wait_listening, wait_served)
+from cgroup import CgroupError, Group, parse_size  # noqa: E402
+from load import fig_capacity, fig_contended, fig_crypto, physical_shares  # noqa: E402
+from servers import (  # noqa: E402
+                     SERVERS, SSHD, STARTUPS, Pair, spawn_tunnel, ssh_argv, tunnel, tunnel_failed, wait_tunnel)
 
 REPO = Path(__file__).resolve().parents[2]
-SSHD = "/usr/sbin/sshd"
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
 # --output rewrites the file up to this line and keeps what follows it (written by hand).
 KEEP = "<!-- Written by hand below this line; bench.py --output keeps it. -->"
-# Raised so 100 simultaneous logins from 127.0.0.1 are all admitted (defaults: 30 and 5).
-STARTUPS = 200
-
-
-# --- the two servers -----------------------------------------------------------
-class Server:
-    """One server under test: how to exec it, when it is ready, which
-    processes hold its memory and CPU, and how to stop it."""
-    key = label = ""
-
-    def __init__(self, ctx):
-        self.ctx, self.port, self.proc = ctx, None, None
-
-    def argv(self, port):
-        raise NotImplementedError
-
-    def env(self):
-        return None
-
-    def wait_ready(self):
-        raise NotImplementedError
-
-    def spawn(self, port):
-        self.port = port
-        self.proc = Proc(self.argv(port), env=self.env())
-        track(self)
-        return self.proc
-
-    def start(self):
-        for _ in range(3):  # another process may take the free port before we bind it
-            self.spawn(free_ports(1)[0])
-            if self.wait_ready():
-                return self
-            self.proc.stop()
-            if "in use" not in self.proc.text():
-                break
-        raise BenchError(f"{self.label} did not start on 127.0.0.1:{self.port} (exit status "
-                         f"{self.proc.popen.returncode}):\n{self.proc.text()}")
-
-    def pids(self):
-        """The listener and all its descendants (none for bastion-sshd)."""
-        return [self.proc.pid] + descendants(self.proc.pid)
-
-    def wait_no_children(self, timeout=10.0):
-        """Until OpenSSH's per-connection children of closed connections exit."""
-        deadline = time.monotonic() + timeout
-        while descendants(self.proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.005)
-
-    def stop(self):
-        untrack(self)
-        if self.proc:
-            kids = descendants(self.proc.pid)
-            self.proc.stop()
-            for pid in kids:  # OpenSSH's session children live in sessions of their own
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
-class Bastion(Server):
-    key, label = "ours", "bastion-sshd"
-
-    def argv(self, port):
-        c = self.ctx
-        return [c.bastion, "run", "--log-format", "json", "--listen", f"127.0.0.1:{port}",
-                "--host-key", c.host_key, "--authorized-keys", c.authorized_keys,
-                "--permit-open", "127.0.0.1:*",  # loopback is denied by default
-                "--max-startups", STARTUPS, "--per-source-max-startups", STARTUPS]
-
-    def env(self):
-        """The configuration comes from the flags alone, not the caller's shell."""
-        return {k: v for k, v in os.environ.items() if not k.startswith("BASTION_") and k != "RUST_LOG"}
-
-    def wait_ready(self):
-        def event(line):
-            try:
-                return json.loads(line).get("event")
-            except (ValueError, AttributeError):
-                return None
-        return self.proc.wait_for(lambda l: event(l) == "server.listening") is not None
-
-
-class OpenSSH(Server):
-    key, label = "openssh", "OpenSSH"
-
-    def argv(self, port):
-        """sshd with a config allowing nothing but local forwarding, like ours."""
-        c = self.ctx
-        config = c.dir / f"sshd_config.{port}"
-        config.write_text(
-            f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {c.host_key}\nPidFile {c.dir}/sshd.{port}.pid\n"
-            f"AuthorizedKeysFile {c.authorized_keys}\nAllowTcpForwarding local\nPermitTTY no\n"
-            "X11Forwarding no\nAllowAgentForwarding no\nPermitTunnel no\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
-            f"MaxStartups {STARTUPS}\nMaxSessions 20\nPrintMotd no\nLogLevel ERROR\n")
-        return [SSHD, "-D", "-e", "-f", config]
-
-    def wait_ready(self):
-        # LogLevel ERROR prints nothing on start, so readiness is the port.
-        return wait_listening(self.proc, self.port)
-
-
-SERVERS = (Bastion, OpenSSH)
-
-
-class Pair:
-    """Both servers running for one figure, stopped when it ends."""
-
-    def __init__(self, ctx):
-        self.ctx, self.servers = ctx, []
-
-    def __enter__(self):
-        for cls in SERVERS:
-            self.servers.append(cls(self.ctx).start())
-        return self.servers
-
-    def __exit__(self, *exc):
-        for s in self.servers:
-            s.stop()
-
-
-# --- the ssh client ------------------------------------------------------------------
-def ssh_argv(ctx, server, *extra):
-    """The same OpenSSH client options for both servers. The kex is pinned:
-    sshd 9.2 would pick sntrup761x25519, which bastion-sshd does not offer."""
-    return ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", ctx.client_key,
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "KexAlgorithms=curve25519-sha256", "-o", "Compression=no", "-o", "ConnectTimeout=30",
-            "-p", str(server.port), *extra, f"{ctx.user}@127.0.0.1"]
-
-
-def spawn_tunnel(ctx, server, targets, extra=()):
-    """`ssh -v -N -L …` to 127.0.0.1:target for each target, not yet waited for."""
-    ports = free_ports(len(targets))
-    forwards = [a for lp, tp in zip(ports, targets) for a in ("-L", f"127.0.0.1:{lp}:127.0.0.1:{tp}")]
-    return Proc(ssh_argv(ctx, server, "-v", "-N", "-o", "ExitOnForwardFailure=yes", *extra, *forwards)), ports
-
-
-def wait_tunnel(ctx, server, proc):
-    """ssh -v prints "Local forwarding listening" just *before* bind/listen;
-    "Entering interactive session." comes once every forward listens (and
-    never if one failed, with ExitOnForwardFailure). Records the cipher."""
-    if proc.wait_for(lambda l: "Entering interactive session." in l) is None:
-        return False
-    line = proc.wait_for(lambda l: "kex: server->client cipher:" in l, timeout=0)
-    if line and "-c" not in proc.argv:
-        ctx.negotiated[server.label] = line.split("cipher:")[1].split()[0]
-    return True
-
-
-def tunnel_failed(server, proc):
-    """The error for a tunnel that did not come up: what ssh and the server said."""
-    return BenchError(f"ssh -L through {server.label} failed:\n{proc.text(12)}\n"
-                      f"{server.label}'s log ends with:\n{server.proc.text(8)}")
-
-
-def tunnel(ctx, server, targets, extra=()):
-    """A ready `ssh -N -L` client and its local ports; retried if another
-    process took a local port between probing and binding."""
-    for _ in range(5):
-        proc, ports = spawn_tunnel(ctx, server, targets, extra)
-        if wait_tunnel(ctx, server, proc):
-            return proc, ports
-        proc.stop()
-        if "Address already in use" not in proc.text():
-            break
-    raise tunnel_failed(server, proc)
+# bench.py --cpu-quota ... --output writes its section between these two lines, below KEEP.
+LIMITED = ("<!-- bench.py --cpu-quota: begin -->", "<!-- bench.py --cpu-quota: end -->")
 
 
 # --- figures -----------------------------------------------------------------------------
-def iperf_gbps(port, secs, flags):
-    """One iperf3 test to 127.0.0.1:port: (Gbit/s, bytes) the receiver got, or BenchError."""
-    out = run(["iperf3", "-c", "127.0.0.1", "-p", port, "-t", secs, "-J", *flags], timeout=secs + 60, check=False)
-    try:
-        report = json.loads(out.stdout)
-    except ValueError:
-        report = {"error": out.stderr.strip() or f"exit status {out.returncode}, no JSON report"}
-    if "error" in report:
-        raise BenchError(f"iperf3 failed: {report['error']}")
-    received = report["end"]["sum_received"]
-    return received["bits_per_second"] / 1e9, received["bytes"]
-
-
 def fig_throughput(ctx, res):
     """Figure 1: iperf3 through `ssh -L`, upload and -R download, per cipher."""
     secs = 1 if ctx.smoke else 5
@@ -466,7 +281,8 @@ def fig_images(ctx, res):
 
 
 FIGURES = {"throughput": fig_throughput, "pgbench": fig_pgbench, "first-byte": fig_first_byte,
-           "scale": fig_scale, "idle": fig_idle, "images": fig_images}
+           "scale": fig_scale, "idle": fig_idle, "images": fig_images, "capacity": fig_capacity,
+           "contended": fig_contended, "crypto": fig_crypto}
 
 
 # --- results and report ------------------------------------------------------------------
@@ -480,14 +296,14 @@ class Results:
         row = self.rows.setdefault(name, {"better": better, "digits": digits, "ours": [], "openssh": []})
         row[key].append(value)
 
-    def text(self, name, ours):
-        self.rows[name] = {"fixed": ours}
+    def text(self, name, ours, better="smaller"):
+        self.rows[name] = {"fixed": ours, "better": better}
 
     def table(self):
         lines = ["| Figure | bastion-sshd | OpenSSH | ours/OpenSSH | Better |", "|---|---:|---:|---:|---|"]
         for name, row in self.rows.items():
             if "fixed" in row:
-                lines.append(f"| {name} | {row['fixed']} | — | — | smaller |")
+                lines.append(f"| {name} | {row['fixed']} | — | — | {row['better']} |")
                 continue
             ours, theirs = statistics.median(row["ours"]), statistics.median(row["openssh"])
             ratio = f"{ours / theirs:.2f}" if theirs else "—"
@@ -539,7 +355,30 @@ def notes(ctx):
         "bimodal and the median can move by about 40 ms between runs.",
         f"- Client, servers and targets (iperf3, PostgreSQL, the echo server) share the {os.cpu_count()} cores; "
         "numbers from a shared or busy machine are noisy. Nothing here is a pass/fail threshold.",
-    ]
+    ] + limit_notes(ctx)
+
+
+def limit_notes(ctx):
+    """What --cpu-quota/--memory and the load figures add to the method."""
+    out = []
+    if ctx.groups:
+        out.append("- At the task's size: each server runs in a cgroup of its own, entered between fork and exec, "
+                   "so OpenSSH's per-connection children inherit it; the clients, iperf3, PostgreSQL and the echo "
+                   "server do not. " + "; ".join(g.describe() for g in ctx.groups.values()) + ".")
+    for label, (held, why, peak) in ctx.capacity.items():
+        out.append(f"- Capacity, {label}: {held} tunnels held; {why}"
+                   + (f"; cgroup peak {peak / 2**20:.0f} MiB" if peak else "") + ".")
+    if ctx.capacity:
+        out.append("- Capacity runs bastion-sshd with `--max-channels` at the cap (its default, 64 a connection, is "
+                   "a policy); OpenSSH limits only sessions (MaxSessions), not forwarded channels. The cgroup's "
+                   "peak counts the page cache charged to it too: a file's pages are charged to the group that "
+                   "reads them first, so a binary first read inside the group counts there, one already cached "
+                   "does not.")
+    if ctx.crypto:
+        out.append("- Physical limit: `openssl speed -evp` with 16 KiB blocks on one core of this CPU (the "
+                   "ciphers alone, no MAC beyond the AEAD's, no kernel copies); a tunnel also decrypts or "
+                   "encrypts once more on the client, which is outside the quota.")
+    return out
 
 
 def setup(args, figures):
@@ -556,7 +395,17 @@ def setup(args, figures):
         if os.geteuid() == 0:
             require("runuser", "util-linux")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # inherited: 1 000 tunnels need 2 000+ fds
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:  # the capacity figure holds tens of thousands: up to fs.nr_open where allowed (CAP_SYS_RESOURCE)
+        most = int(Path("/proc/sys/fs/nr_open").read_text())
+        resource.setrlimit(resource.RLIMIT_NOFILE, (most, most))
+        hard = most
+    except (OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if "capacity" in figures and not args.smoke and hard < 4 * args.capacity_cap:
+        raise BenchError(f"RLIMIT_NOFILE hard limit is {hard}; the capacity figure needs {4 * args.capacity_cap} "
+                         "(raise it, or lower --capacity-cap)")
+    if "crypto" in figures:
+        require("openssl", "openssl")
     if "scale" in figures and not args.smoke and hard < 4096:
         raise BenchError(f"RLIMIT_NOFILE hard limit is {hard}; the scale figure needs 4096 (ulimit -Hn)")
     try:
@@ -580,6 +429,16 @@ def setup(args, figures):
     ctx.authorized_keys.chmod(0o644)
     ctx.echo = EchoServer()
     at_cleanup(ctx.echo.close)
+    ctx.groups, ctx.capacity, ctx.crypto, ctx.cpus = {}, {}, {}, args.cpu_quota
+    ctx.capacity_cap = args.capacity_cap
+    if args.cpu_quota is not None:
+        try:
+            for cls in SERVERS:
+                group = Group(f"bastion-bench-{cls.key}", args.cpu_quota, args.memory)
+                at_cleanup(group.remove)
+                ctx.groups[cls.key] = group
+        except CgroupError as e:
+            raise BenchError(str(e))
     return ctx
 
 
@@ -590,8 +449,18 @@ def parse_args():
     p.add_argument("--rounds", type=int, help="rounds per figure (default 3; 1 with --smoke)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, about a minute: every figure still runs")
     p.add_argument("--output", help="also write the results as a Markdown document to this file")
-    p.add_argument("--only", help=f"comma-separated figures: {','.join(FIGURES)} (or 1-6)")
+    p.add_argument("--only", help=f"comma-separated figures: {','.join(FIGURES)} (or 1-{len(FIGURES)})")
+    p.add_argument("--cpu-quota", type=float, metavar="CPUS",
+                   help="run each server in a cgroup with this CPU quota, e.g. 0.25 (Fargate's smallest task); "
+                        "needs --memory and root")
+    p.add_argument("--memory", type=parse_size, metavar="SIZE", help="the cgroups' memory limit, e.g. 512M")
+    p.add_argument("--capacity-cap", type=int, default=20000, metavar="N",
+                   help="the capacity figure stops at N tunnels (default 20000)")
     args = p.parse_args()
+    if (args.cpu_quota is None) != (args.memory is None):
+        p.error("--cpu-quota and --memory go together (the task's size: 0.25 and 512M)")
+    if args.cpu_quota is not None and not 0.01 <= args.cpu_quota <= os.cpu_count():
+        p.error(f"--cpu-quota must be between 0.01 and {os.cpu_count()} CPUs")
     if args.rounds is None:
         args.rounds = 1 if args.smoke else 3
     if args.rounds < 1:
@@ -599,11 +468,11 @@ def parse_args():
     names = list(FIGURES)
     figures = names
     if args.only:
-        figures = [names[int(f) - 1] if f.strip().isdigit() and 1 <= int(f) <= 6 else f.strip()
+        figures = [names[int(f) - 1] if f.strip().isdigit() and 1 <= int(f) <= len(names) else f.strip()
                    for f in args.only.split(",")]
         unknown = [f for f in figures if f not in FIGURES]
         if unknown:
-            p.error(f"unknown figure(s) {unknown}; choose from {','.join(names)} or 1-6")
+            p.error(f"unknown figure(s) {unknown}; choose from {','.join(names)} or 1-{len(names)}")
         figures = [f for f in names if f in figures]
     return args, figures
 
@@ -622,11 +491,29 @@ def main():
         for name in figures:
             log(f"figure: {name}")
             FIGURES[name](ctx, res)
+        physical_shares(ctx, res)
         command = "python3 " + shlex.join(sys.argv)
         took = f"The run took {time.monotonic() - started:.0f} s."
         head = "\n".join(machine(ctx))
         print(f"{head}\n\n{res.table()}\n\n" + "\n".join(notes(ctx)))
-        if args.output:
+        if args.output and ctx.groups:
+            # At the task's size: its own section, right below KEEP, replaced by the next such run.
+            out = Path(args.output)
+            text = out.read_text() if out.exists() else f"# Benchmarks\n\n{KEEP}\n"
+            if KEEP not in text:
+                raise BenchError(f"{out} has no line {KEEP}: run without --cpu-quota first")
+            block = (f"{LIMITED[0]}\n## At Fargate's size ({args.cpu_quota:g} vCPU, {args.memory >> 20} MiB)\n\n"
+                     f"Measured {ctx.date} with:\n\n```\n{command}\n```\n\n{res.table()}\n\n{took}\n\n"
+                     + "\n".join(limit_notes(ctx)) + f"\n{LIMITED[1]}\n")
+            if LIMITED[0] in text:
+                before, _, rest = text.partition(LIMITED[0])
+                text = before + block + rest.partition(LIMITED[1])[2].lstrip("\n")
+            else:
+                before, _, after = text.partition(KEEP)
+                text = f"{before}{KEEP}\n\n{block}{after}"
+            out.write_text(text)
+            log(f"wrote the section at Fargate's size of {args.output}")
+        elif args.output:
             out = Path(args.output)
             kept = out.read_text().partition(KEEP)[2] if out.exists() else ""
             out.write_text(

@@ -5,6 +5,7 @@ every process and removes every temp dir: bench.py's main calls cleanup() in
 a finally block.
 """
 
+import json
 import os
 import random
 import shlex
@@ -86,11 +87,12 @@ class Proc:
     which then ends the whole group), its stderr collected by a thread so a
     chatty child (`ssh -v`) never blocks on a full pipe."""
 
-    def __init__(self, argv, env=None, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL):
+    def __init__(self, argv, env=None, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec=None):
+        """`preexec` runs in the child before exec (bench.py: entering a cgroup)."""
         self.argv = [str(a) for a in argv]
         try:
             self.popen = subprocess.Popen(self.argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
-                                          env=env, start_new_session=True)
+                                          env=env, start_new_session=True, preexec_fn=preexec)
         except OSError as e:
             raise BenchError(f"cannot start {self.argv[0]}: {e}")
         self.pid = self.popen.pid
@@ -369,3 +371,16 @@ def print_medians(times, column):
         t = sorted(values)
         p90 = t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]
         print(f"| {name} | {statistics.median(t) * 1000:.0f} | {p90 * 1000:.0f} | {t[-1] * 1000:.0f} |")
+
+
+def iperf_gbps(port, secs, flags):
+    """One iperf3 test to 127.0.0.1:port: (Gbit/s, bytes) the receiver got, or BenchError."""
+    out = run(["iperf3", "-c", "127.0.0.1", "-p", port, "-t", secs, "-J", *flags], timeout=secs + 60, check=False)
+    try:
+        report = json.loads(out.stdout)
+    except ValueError:
+        report = {"error": out.stderr.strip() or f"exit status {out.returncode}, no JSON report"}
+    if "error" in report:
+        raise BenchError(f"iperf3 failed: {report['error']}")
+    received = report["end"]["sum_received"]
+    return received["bits_per_second"] / 1e9, received["bytes"]

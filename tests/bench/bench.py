@@ -335,7 +335,8 @@ def notes(ctx):
         f"- Every figure alternates the servers (ours, OpenSSH, ours, …): {n} for throughput, pgbench and scale, "
         f"{3 if ctx.smoke else 50} samples for the first byte, {2 if ctx.smoke else 10} starts for start-up and "
         f"idle memory. Each cell is the median; the ratio is of the medians.",
-        f"- bastion-sshd runs with `--permit-open 127.0.0.1:*` (loopback is denied by default) and with "
+        f"- bastion-sshd runs with `--permit-open 127.0.0.1:*` (loopback is denied by default), "
+        f"{'`' + shlex.join(ctx.bastion_args) + '`, ' if ctx.bastion_args else ''}and with "
         f"`--max-startups {STARTUPS} --per-source-max-startups {STARTUPS}` (defaults 30 and 5) so 100 "
         f"simultaneous logins from one source are admitted; OpenSSH with `MaxStartups {STARTUPS}`, "
         f"`AllowTcpForwarding local`, `UsePAM no`, `LogLevel ERROR`.",
@@ -365,6 +366,8 @@ def limit_notes(ctx):
         out.append("- At the task's size: each server runs in a cgroup of its own, entered between fork and exec, "
                    "so OpenSSH's per-connection children inherit it; the clients, iperf3, PostgreSQL and the echo "
                    "server do not. " + "; ".join(g.describe() for g in ctx.groups.values()) + ".")
+    if ctx.bastion_args:
+        out.append(f"- bastion-sshd also runs with `{shlex.join(ctx.bastion_args)}`.")
     for label, (held, why, peak) in ctx.capacity.items():
         out.append(f"- Capacity, {label}: {held} tunnels held; {why}"
                    + (f"; cgroup peak {peak / 2**20:.0f} MiB" if peak else "") + ".")
@@ -401,9 +404,12 @@ def setup(args, figures):
         hard = most
     except (OSError, ValueError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if "capacity" in figures and not args.smoke and hard < 4 * args.capacity_cap:
-        raise BenchError(f"RLIMIT_NOFILE hard limit is {hard}; the capacity figure needs {4 * args.capacity_cap} "
-                         "(raise it, or lower --capacity-cap)")
+    # The capacity figure's tunnels hold two descriptors each here: the client's socket and the echo server's.
+    if args.capacity_cap is None:
+        args.capacity_cap = max(100, min(20000, (hard - 2000) // 2 // 100 * 100))
+    if "capacity" in figures and not args.smoke and hard < 2 * args.capacity_cap + 2000:
+        raise BenchError(f"RLIMIT_NOFILE hard limit is {hard}; the capacity figure needs "
+                         f"{2 * args.capacity_cap + 2000} (raise it, or lower --capacity-cap)")
     if "crypto" in figures:
         require("openssl", "openssl")
     if "scale" in figures and not args.smoke and hard < 4096:
@@ -431,6 +437,7 @@ def setup(args, figures):
     at_cleanup(ctx.echo.close)
     ctx.groups, ctx.capacity, ctx.crypto, ctx.cpus = {}, {}, {}, args.cpu_quota
     ctx.capacity_cap = args.capacity_cap
+    ctx.bastion_args = shlex.split(args.bastion_args)
     if args.cpu_quota is not None:
         try:
             for cls in SERVERS:
@@ -454,8 +461,10 @@ def parse_args():
                    help="run each server in a cgroup with this CPU quota, e.g. 0.25 (Fargate's smallest task); "
                         "needs --memory and root")
     p.add_argument("--memory", type=parse_size, metavar="SIZE", help="the cgroups' memory limit, e.g. 512M")
-    p.add_argument("--capacity-cap", type=int, default=20000, metavar="N",
-                   help="the capacity figure stops at N tunnels (default 20000)")
+    p.add_argument("--bastion-args", default="", metavar="ARGS",
+                   help="more bastion-sshd options for every figure, e.g. '--window-budget 0' (shell words)")
+    p.add_argument("--capacity-cap", type=int, metavar="N",
+                   help="the capacity figure stops at N tunnels (default: 20000, or what RLIMIT_NOFILE allows)")
     args = p.parse_args()
     if (args.cpu_quota is None) != (args.memory is None):
         p.error("--cpu-quota and --memory go together (the task's size: 0.25 and 512M)")

@@ -15,7 +15,7 @@ from servers import SERVERS, spawn_tunnel, tunnel, tunnel_failed, wait_tunnel
 def _open_round(ctx, server, clients, held):
     """One more tunnel through each client's forward, 1 KiB echoed through each; the sockets
     are kept in `held`. Returns why the server stopped admitting them, or None."""
-    new = []
+    logged, new = len(server.proc.lines), []
     for proc, (port,) in clients:
         try:
             s = socket.create_connection(("127.0.0.1", port), timeout=READY)
@@ -32,7 +32,12 @@ def _open_round(ctx, server, clients, held):
         if recv_exactly(s, len(payload)) != payload:
             if not server.proc.running():
                 return "the server exited"
-            return "a tunnel was refused or closed: " + (proc.text(2).replace("\n", " / ") or "ssh said nothing")
+            said = [l for l in server.proc.lines[logged:] if '"tunnel.refused"' in l or '"tunnel.failed"' in l
+                    or '"connection.closed"' in l]
+            if said:
+                return f"a tunnel was refused or closed: {said[-1]}"
+            return (f"a new tunnel's 1 KiB echo did not come back within {READY:.0f} s, and the server logged "
+                    "no refusal")
     return None
 
 

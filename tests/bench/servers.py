@@ -86,7 +86,7 @@ class Bastion(Server):
         return [c.bastion, "run", "--log-format", "json", "--listen", f"127.0.0.1:{port}",
                 "--host-key", c.host_key, "--authorized-keys", c.authorized_keys,
                 "--permit-open", "127.0.0.1:*",  # loopback is denied by default
-                "--max-startups", STARTUPS, "--per-source-max-startups", STARTUPS, *self.extra]
+                "--max-startups", STARTUPS, "--per-source-max-startups", STARTUPS, *self.extra, *c.bastion_args]
 
     def env(self):
         """The configuration comes from the flags alone, not the caller's shell."""

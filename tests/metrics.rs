@@ -76,6 +76,21 @@ fn check_emf(record: &Value) {
     assert!(strings.iter().all(|k| ["Bastion", "Limit"].contains(k)), "{strings:?}: {record}");
 }
 
+/// What both EMF tests make the server count: `key` tunnels `data` to an echo server (returned,
+/// to keep it up) and asks for a tunnel the policy refuses (the ECS credentials endpoint); then
+/// `stranger`, whose key is not authorized, fails to log in.
+fn tunnel_refusal_and_stranger(server: &Server, key: &ClientKey, stranger: &ClientKey, data: &[u8]) -> EchoServer {
+    let echo = EchoServer::start();
+    let (ssh, ports) =
+        server.tunnel(key, &[(&echo.addr.ip().to_string(), echo.addr.port()), ("169.254.170.2", 80)], &[]);
+    assert!(echo_round_trip(SocketAddr::from(([127, 0, 0, 1], ports[0])), data) == data);
+    refused_line(&ssh, ports[1], "169.254.170.2");
+    server.wait_event("tunnel.closed", |_| true);
+    drop(ssh);
+    assert!(!server.ssh_output(stranger, &[&server.destination("mallory"), "true"]).status.success());
+    echo
+}
+
 fn records(server: &Server) -> Vec<Value> {
     server.proc.stderr().all().iter().filter(|l| l.contains("\"_aws\"")).map(|l| json(l)).collect()
 }
@@ -94,18 +109,8 @@ fn the_audit_events_become_emf_metrics() {
         .authorize(&[&key])
         .args(["--metrics-interval", "1s", "--name", "bastion.example.test"])
         .start();
-    let echo = EchoServer::start();
     let data = pattern(300_000, 7);
-
-    // One tunnel that carries data, one the policy refuses (the ECS credentials endpoint).
-    let (ssh, ports) =
-        server.tunnel(&key, &[(&echo.addr.ip().to_string(), echo.addr.port()), ("169.254.170.2", 80)], &[]);
-    assert!(echo_round_trip(SocketAddr::from(([127, 0, 0, 1], ports[0])), &data) == data);
-    refused_line(&ssh, ports[1], "169.254.170.2");
-    server.wait_event("tunnel.closed", |_| true);
-    drop(ssh);
-    // A key that is not authorized.
-    assert!(!server.ssh_output(&stranger, &[&server.destination("mallory"), "true"]).status.success());
+    let _echo = tunnel_refusal_and_stranger(&server, &key, &stranger, &data);
     server.wait_event("auth.refused", |_| true);
 
     let deadline = Instant::now() + READY;
@@ -244,16 +249,9 @@ fn the_monitoring_stacks_queries_and_metrics_match_what_the_binaries_write() {
         .authorize(&[&key])
         .args(["--metrics-interval", "1s", "--penalty", "60s", "--name", name])
         .start();
-    let echo = EchoServer::start();
     let data = pattern(200_000, 9);
-    let (ssh, ports) =
-        server.tunnel(&key, &[(&echo.addr.ip().to_string(), echo.addr.port()), ("169.254.170.2", 80)], &[]);
-    assert!(echo_round_trip(SocketAddr::from(([127, 0, 0, 1], ports[0])), &data) == data);
-    refused_line(&ssh, ports[1], "169.254.170.2");
-    server.wait_event("tunnel.closed", |_| true);
-    drop(ssh);
-    // A key that is not authorized, then the penalty refuses the next connection from its source.
-    assert!(!server.ssh_output(&stranger, &[&server.destination("mallory"), "true"]).status.success());
+    let echo = tunnel_refusal_and_stranger(&server, &key, &stranger, &data);
+    // The stranger's failed login penalizes the source: its next connection is refused.
     server.wait_event("source.penalized", |_| true);
     assert!(!server.ssh_output(&key, &[&server.destination("alice"), "true"]).status.success());
     server.wait_event("connection.refused", |e| e["limit"] == "penalty");

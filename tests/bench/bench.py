@@ -39,7 +39,7 @@ from procs import (  # noqa: E402 (after the line above)
 from cgroup import CgroupError, Group, parse_size  # noqa: E402
 from load import fig_capacity, fig_contended, fig_crypto, physical_shares  # noqa: E402
 from servers import (  # noqa: E402
-                     SERVERS, SSHD, STARTUPS, Pair, spawn_tunnel, ssh_argv, tunnel, tunnel_failed, wait_tunnel)
+                     SERVERS, SSHD, STARTUPS, Pair, ssh_argv, tunnel, tunnels_at_once)
 
 REPO = Path(__file__).resolve().parents[2]
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
@@ -189,14 +189,7 @@ def scale_once(ctx, server, n_conn, n_fwd):
     cpu_before = cpu_seconds(server.pids())
     clients, socks = [], []
     try:
-        spawned = [spawn_tunnel(ctx, server, [ctx.echo.port] * n_fwd) for _ in range(n_conn)]
-        for proc, ports in spawned:  # all log in at once
-            if not wait_tunnel(ctx, server, proc):
-                proc.stop()
-                if "Address already in use" not in proc.text():
-                    raise tunnel_failed(server, proc)
-                proc, ports = tunnel(ctx, server, [ctx.echo.port] * n_fwd)
-            clients.append((proc, ports))
+        clients += tunnels_at_once(ctx, server, n_conn, [ctx.echo.port] * n_fwd)
         log(f"scale, {server.label}: {n_conn} connections logged in")
         for proc, ports in clients:  # open every forward and send, then read every answer
             for port in ports:

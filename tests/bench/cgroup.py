@@ -86,7 +86,6 @@ class Group:
             _write(f"{self.mem_dir}/memory.limit_in_bytes", memory)
             if os.path.exists(f"{self.mem_dir}/memory.memsw.limit_in_bytes"):
                 _write(f"{self.mem_dir}/memory.memsw.limit_in_bytes", memory)
-        self.base_oom = self.oom_kills()
 
     def _mkdirs(self):
         for d in self.dirs:
@@ -116,13 +115,6 @@ class Group:
         m = re.search(r"^oom_kill (\d+)", _read(path), re.M)
         return int(m[1]) if m else 0
 
-    def new_oom_kills(self):
-        return self.oom_kills() - self.base_oom
-
-    def memory_now(self):
-        """Bytes charged to the group now (page cache included)."""
-        return int(_read(f"{self.dirs[0]}/memory.current" if self.v == 2 else f"{self.mem_dir}/memory.usage_in_bytes"))
-
     def reset_peak(self):
         if self.v == 1:
             _write(f"{self.mem_dir}/memory.max_usage_in_bytes", 0)
@@ -139,15 +131,6 @@ class Group:
             return int(_read(path))
         except OSError:
             return None
-
-    def throttled_seconds(self):
-        """Time the group waited for its CPU quota so far."""
-        stat = _read(f"{self.dirs[0]}/cpu.stat" if self.v == 2 else f"{self.cpu_dir}/cpu.stat")
-        if self.v == 2:
-            m = re.search(r"^throttled_usec (\d+)", stat, re.M)
-            return int(m[1]) / 1e6 if m else 0.0
-        m = re.search(r"^throttled_time (\d+)", stat, re.M)
-        return int(m[1]) / 1e9 if m else 0.0
 
     def describe(self):
         files = ("cpu.max, memory.max" if self.v == 2

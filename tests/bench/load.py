@@ -9,7 +9,7 @@ import statistics
 
 from procs import (READY, BenchError, Proc, free_ports, iperf_gbps, log, memory_mib, recv_exactly, run,
                    wait_listening)
-from servers import SERVERS, spawn_tunnel, tunnel, tunnel_failed, wait_tunnel
+from servers import SERVERS, tunnel, tunnels_at_once
 
 
 def _open_round(ctx, server, clients, held):
@@ -45,7 +45,7 @@ def fig_capacity(ctx, res):
     """The most concurrent tunnels each server holds: 100 connections (ssh -L, one forward each),
     then one more tunnel through every connection at a time, 1 KiB echoed through each, all kept
     open, until one fails (refused, or the server killed by the cgroup's OOM killer) or the cap.
-    A fresh server, and with --memory a fresh cgroup, for each."""
+    A fresh server for each, and with --memory the cgroup's peak reset (where the kernel can)."""
     n_conn = 3 if ctx.smoke else 100
     cap = 30 if ctx.smoke else ctx.capacity_cap
     name = f"Concurrent tunnels held over {n_conn} connections (cap {cap})"
@@ -55,28 +55,25 @@ def fig_capacity(ctx, res):
             group = ctx.groups.get(server.key)
             if group:
                 group.reset_peak()
+                oom_before = group.oom_kills()  # the group also served the figures before this one
             server.start()
             clients, held, why = [], [], None
             try:
-                spawned = [spawn_tunnel(ctx, server, [ctx.echo.port]) for _ in range(n_conn)]
-                for proc, ports in spawned:
-                    if not wait_tunnel(ctx, server, proc):
-                        proc.stop()
-                        if "Address already in use" not in proc.text():
-                            raise tunnel_failed(server, proc)
-                        proc, ports = tunnel(ctx, server, [ctx.echo.port])
-                    clients.append((proc, ports))
-                while len(held) < cap and why is None:
-                    pids = server.pids()
-                    rss = memory_mib(pids)[0]  # before the round that may fail
+                clients = tunnels_at_once(ctx, server, n_conn, [ctx.echo.port])
+                kept = 0  # tunnels held after the last round that succeeded
+                while kept < cap:
+                    rss = memory_mib(server.pids())[0]  # before the round that may fail
                     why = _open_round(ctx, server, clients, held)
-                    if len(held) % (10 * n_conn) == 0 or why:
-                        log(f"capacity, {server.label}: {len(held)} tunnels, RSS {rss:.0f} MiB" +
+                    if why is None:
+                        kept = len(held)
+                    if kept % (10 * n_conn) == 0 or why:
+                        log(f"capacity, {server.label}: {kept} tunnels, RSS {rss:.0f} MiB" +
                             (f"; stopped: {why}" if why else ""))
-                if why is None:
+                    if why:
+                        break
+                else:
                     rss = memory_mib(server.pids())[0]
-                kept = len(held) - (n_conn if why else 0)
-                oom = group.new_oom_kills() if group else 0
+                oom = group.oom_kills() - oom_before if group else 0
                 if oom:
                     why = f"the cgroup's OOM killer killed {oom} process(es)"
                 peak = group.memory_peak() if group else None

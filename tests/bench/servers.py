@@ -186,3 +186,17 @@ def tunnel(ctx, server, targets, extra=()):
         if "Address already in use" not in proc.text():
             break
     raise tunnel_failed(server, proc)
+
+
+def tunnels_at_once(ctx, server, n, targets):
+    """n ready `ssh -N -L` clients to `targets`, all logging in at once; a client whose local port
+    another process took is started again."""
+    clients = []
+    for proc, ports in [spawn_tunnel(ctx, server, targets) for _ in range(n)]:
+        if not wait_tunnel(ctx, server, proc):
+            proc.stop()
+            if "Address already in use" not in proc.text():
+                raise tunnel_failed(server, proc)
+            proc, ports = tunnel(ctx, server, targets)
+        clients.append((proc, ports))
+    return clients

@@ -200,9 +200,10 @@ fn a_record_name_outside_the_zone_is_refused_before_anything_is_sent() {
     let meta = Metadata::start("task-x", "10.0.0.8", 0);
     let mut cmd = sidecar_command("prod/bastion", "bastion.example.org", &proxy.url, &zone, Some(&meta), None, &[]);
     cmd.args(["--address-source", "private"]);
-    let side = Proc::spawn(cmd, Stdio::null());
+    let mut side = Proc::spawn(cmd, Stdio::null());
     // The health status answered "starting" meanwhile; now the sidecar is gone, and so is its health.
     let error = wait_event(&side, "sidecar.error");
+    assert_eq!(side.wait_exit(READY).and_then(|s| s.code()), Some(1), "{}", side.stderr().text());
     let message = error["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("--record-name bastion.example.org. lies outside the hosted zone example.test."),

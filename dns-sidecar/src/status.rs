@@ -13,7 +13,7 @@
 //! network namespace, so bastion-sshd could reach it: it serves nothing but
 //! this line and reads nothing.
 
-use std::io::Read;
+use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -95,7 +95,17 @@ pub fn check(addr: SocketAddr, timeout: Duration) -> Result<Report, String> {
         .map_err(|e| format!("dns-sidecar is not answering on {addr} ({e}): not started, or exited"))?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     let mut text = String::new();
-    stream.take(4096).read_to_string(&mut text).map_err(|e| format!("reading {addr}: {e}"))?;
+    // A sidecar that is exiting may accept and then drop the connection: that
+    // is the same answer as a refused connection, and is worded as one.
+    let gone = |e: String| format!("dns-sidecar is not answering on {addr} ({e}): exiting, or exited");
+    match stream.take(4096).read_to_string(&mut text) {
+        Ok(_) if text.trim().is_empty() => return Err(gone("closed before reporting".into())),
+        Ok(_) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted) => {
+            return Err(gone(e.to_string()));
+        }
+        Err(e) => return Err(format!("reading {addr}: {e}")),
+    }
     serde_json::from_str(text.trim()).map_err(|e| {
         let shown: String = text.chars().take(80).collect();
         format!("{addr} did not answer with a dns-sidecar status ({e}): {shown:?}")
@@ -105,6 +115,17 @@ pub fn check(addr: SocketAddr, timeout: Duration) -> Result<Report, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sidecar_that_closes_before_reporting_is_not_answering() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let closer = std::thread::spawn(move || drop(listener.accept()));
+        let error = check(addr, Duration::from_secs(5)).unwrap_err();
+        closer.join().unwrap();
+        assert!(error.contains(&format!("dns-sidecar is not answering on {addr}")), "{error}");
+        assert!(error.contains("exiting, or exited"), "{error}");
+    }
 
     #[test]
     fn health_follows_the_state() {
